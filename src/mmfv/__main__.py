@@ -1,0 +1,3 @@
+from mmfv.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Datasets that yield relation items: synthetic scenes (ours), GQA and VSR (real images)."""

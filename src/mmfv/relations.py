@@ -1,0 +1,142 @@
+"""Relation names, their grid geometry and composition: the single source of truth.
+
+Every other module asks this one for relation names; none spells them itself.
+A spatial relation ``r`` holds between a query object at grid cell (row, col) and an answer
+object at (row + drow, col + dcol), with rows growing downwards (image convention).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Relation:
+    """A named relation with an optional grid offset (None for non-spatial relations)."""
+
+    name: str
+    offset: tuple[int, int] | None  # (drow, dcol); rows grow downwards
+    phrase: str  # how the relation reads in English ("to the left of")
+
+    @property
+    def is_spatial(self) -> bool:
+        return self.offset is not None
+
+
+_SPATIAL: dict[str, Relation] = {
+    r.name: r
+    for r in (
+        Relation("above", (-1, 0), "above"),
+        Relation("below", (1, 0), "below"),
+        Relation("left", (0, -1), "to the left of"),
+        Relation("right", (0, 1), "to the right of"),
+        Relation("above_left", (-1, -1), "above and to the left of"),
+        Relation("above_right", (-1, 1), "above and to the right of"),
+        Relation("below_left", (1, -1), "below and to the left of"),
+        Relation("below_right", (1, 1), "below and to the right of"),
+    )
+}
+
+CARDINAL: tuple[str, ...] = ("above", "below", "left", "right")
+"""Relations used to build and train vectors."""
+NOVEL: tuple[str, ...] = ("above_left", "above_right", "below_left", "below_right")
+"""Diagonal relations: never used to build or train a vector; composition/analogy targets only."""
+SPATIAL: tuple[str, ...] = CARDINAL + NOVEL
+VERTICAL: tuple[str, ...] = ("above", "below")
+HORIZONTAL: tuple[str, ...] = ("left", "right")
+
+# Scene-graph phrases (GQA, VSR) that name one of our spatial relations.
+PHRASE_ALIASES: dict[str, str] = {
+    "above": "above",
+    "on top of": "above",
+    "over": "above",
+    "below": "below",
+    "under": "below",
+    "beneath": "below",
+    "underneath": "below",
+    "to the left of": "left",
+    "left of": "left",
+    "at the left side of": "left",
+    "to the right of": "right",
+    "right of": "right",
+    "at the right side of": "right",
+}
+
+
+class UnknownRelationError(ValueError):
+    """Raised for a relation name that mmfv does not know."""
+
+
+def get(name: str) -> Relation:
+    """Return the spatial relation called ``name``; one-line error listing the valid names."""
+    try:
+        return _SPATIAL[name]
+    except KeyError:
+        raise UnknownRelationError(
+            f"unknown relation {name!r}: choose one of {', '.join(SPATIAL)}"
+        ) from None
+
+
+def validate(names: list[str] | tuple[str, ...], allowed: tuple[str, ...] = SPATIAL) -> list[str]:
+    """Check every name is in ``allowed`` and return them as a list (order kept)."""
+    out = []
+    for n in names:
+        if n not in allowed:
+            raise UnknownRelationError(
+                f"unknown relation {n!r}: choose one of {', '.join(allowed)}"
+            )
+        out.append(n)
+    return out
+
+
+def offset(name: str) -> tuple[int, int]:
+    """Grid offset (drow, dcol) of a spatial relation."""
+    off = get(name).offset
+    assert off is not None
+    return off
+
+
+def from_offset(drow: int, dcol: int) -> str | None:
+    """The spatial relation with this offset, or None."""
+    for r in _SPATIAL.values():
+        if r.offset == (drow, dcol):
+            return r.name
+    return None
+
+
+def compose(a: str, b: str) -> str:
+    """``a ∘ b``: the relation whose offset is the sum of both (above ∘ left = above_left).
+
+    Raises when the sum is no single-step relation (e.g. above ∘ below, left ∘ left).
+    """
+    (r1, c1), (r2, c2) = offset(a), offset(b)
+    out = from_offset(r1 + r2, c1 + c2)
+    if out is None:
+        raise ValueError(f"{a} and {b} do not compose into a relation: pick one vertical and one horizontal")
+    return out
+
+
+def decompose(name: str) -> tuple[str, str]:
+    """Inverse of :func:`compose` for a diagonal relation: (vertical, horizontal)."""
+    if name not in NOVEL:
+        raise ValueError(
+            f"{name!r} is not composable: only the diagonal relations {', '.join(NOVEL)} are"
+        )
+    drow, dcol = offset(name)
+    v = from_offset(drow, 0)
+    h = from_offset(0, dcol)
+    assert v is not None and h is not None
+    return v, h
+
+
+def from_phrase(phrase: str) -> str | None:
+    """Map a scene-graph relation phrase to a spatial relation name, or None if not spatial."""
+    return PHRASE_ALIASES.get(phrase.strip().lower())
+
+
+def opposite(name: str) -> str:
+    """The relation with the negated offset (left -> right)."""
+    drow, dcol = offset(name)
+    out = from_offset(-drow, -dcol)
+    assert out is not None
+    return out
