@@ -86,9 +86,95 @@ def _demo(a: argparse.Namespace) -> int:
     return 0
 
 
+def _int_list(s: str) -> list[int]:
+    try:
+        out = [int(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from None
+    if not out or min(out) < 0:
+        raise argparse.ArgumentTypeError(f"expected non-negative integers, got {s!r}")
+    return out
+
+
+def _rel_list(s: str) -> list[str]:
+    from mmfv import relations as R
+
+    try:
+        return R.validate([x.strip() for x in s.split(",") if x.strip()])
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, type=Path, help="checkpoint folder (resumes from its state.pt)")
+    p.add_argument("--minutes", type=float, default=None, help="stop after this many minutes (the schedule still spans --steps)")
+    p.add_argument("--steps", type=_positive_int, default=None, help="optimizer steps (the schedule's length)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="a ~1 minute run of a 2-layer model (tests, smoke)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a TrainConfig field (repeatable)")
+
+
+@verb("train-tiny", "train mmfv-tiny from scratch on synthetic scene sequences", _train_args)
+def _train(a: argparse.Namespace) -> int:
+    import dataclasses
+
+    import torch
+
+    from mmfv.models.tiny import train as T
+
+    kw: dict = dict(T.QUICK) if a.quick else {}
+    fields = {f.name: f for f in dataclasses.fields(T.TrainConfig)}
+    for kv in a.set:
+        key, _, val = kv.partition("=")
+        if key not in fields:
+            raise ValueError(f"--set {key}: no such training setting; known: {', '.join(fields)}")
+        default = getattr(T.TrainConfig(), key)
+        kw[key] = type(default)(val) if not isinstance(default, bool) else val.lower() in ("1", "true", "yes")
+    if a.steps:
+        kw["steps"] = a.steps
+    kw["seed"] = a.seed
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    card = T.train(T.TrainConfig(**kw), a.out, minutes=a.minutes)
+    last = card["history"][-1] if card["history"] else {}
+    print(f"trained {card['steps_done']} steps in {card['train_minutes']} min -> {a.out}; eval accuracy by shots: {last.get('eval_acc_by_k')}")
+    return 0
+
+
+def _icl_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="tiny", help="'tiny' or a checkpoint folder")
+    p.add_argument("--shots", type=_int_list, default=[0, 1, 2, 4, 8])
+    p.add_argument("--n", type=_positive_int, default=400, help="prompts per (kind, shots, relation) cell")
+    p.add_argument("--split", default="test")
+    p.add_argument("--scenes", type=_positive_int, default=1000, help="scenes in the split")
+    p.add_argument("--relations", type=_rel_list, default=None, help="comma-separated (default: the 4 cardinal)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--out", type=Path, default=None, help="folder for results.json")
+
+
+@verb("icl", "in-context accuracy by number of demonstrations, clean and corrupted", _icl_args)
+def _icl(a: argparse.Namespace) -> int:
+    import time
+
+    from mmfv import relations as R
+    from mmfv.data import synthetic
+    from mmfv.evaluate import format_icl_table, icl
+    from mmfv.io import write_json
+    from mmfv.models import load_model
+
+    rels = tuple(a.relations or R.CARDINAL)
+    t0 = time.time()
+    lmm = load_model(a.model)
+    data = synthetic.items(a.split, a.scenes, rels, seed=a.seed, config=lmm.scene_config())
+    res = icl(lmm, data, data, a.shots, a.n, seed=a.seed, batch_size=a.batch_size, progress=True)
+    print(format_icl_table(res, rels))
+    print(f"({a.n} prompts per cell, {a.split} split, {time.time() - t0:.1f}s)")
+    if a.out:
+        write_json(a.out / "results.json", {"model": lmm.model_id, "split": a.split, "n": a.n, "seed": a.seed, "relations": list(rels), **res})
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    # Verbs from later modules register themselves on import.
-    _load_verbs()
     ap = argparse.ArgumentParser(prog="mmfv", description="Multimodal function vectors: find, build, steer and compose relation vectors in vision-language models.")
     ap.add_argument("--version", action="version", version=f"mmfv {__version__}")
     sub = ap.add_subparsers(dest="verb", metavar="VERB")
@@ -97,17 +183,6 @@ def build_parser() -> argparse.ArgumentParser:
         args(p)
         p.set_defaults(_fn=fn)
     return ap
-
-
-def _load_verbs() -> None:
-    import importlib
-
-    for mod in ("mmfv.models.cli_verbs",):
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:
-                raise
 
 
 def main(argv: list[str] | None = None) -> int:

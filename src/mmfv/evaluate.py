@@ -1,0 +1,103 @@
+"""Accuracy of a model on relation prompts: ICL baselines by shots, zero-shot ± function vector.
+
+Accuracy is first-token top-1 (argmax at the last prompt position equals the answer's first
+token); 95% Wilson intervals are reported beside every mean.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from typing import Callable, ContextManager, Mapping, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from mmfv import prompts as P
+from mmfv.models.base import LMM
+from mmfv.prompts import Item, Prompt
+
+
+def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval for k successes out of n."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    den = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / den
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return (max(0.0, c - h), min(1.0, c + h))
+
+
+@torch.no_grad()
+def correct(
+    lmm: LMM,
+    prompts: Sequence[Prompt],
+    batch_size: int = 64,
+    context: Callable[[int], ContextManager] | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """(N,) bool: does the argmax first token equal the answer's first token?
+
+    ``context(batch_size)`` may return a hook context (e.g. adding a vector) entered per batch.
+    """
+    out = []
+    it = range(0, len(prompts), batch_size)
+    for i in tqdm(it, disable=not progress, desc="eval", leave=False):
+        batch = lmm.encode(prompts[i : i + batch_size])
+        with (context(batch.size) if context else nullcontext()):
+            pred = lmm.predict(batch)
+        out.append(pred.cpu() == batch.answer_ids.cpu())
+    return torch.cat(out)
+
+
+def summarize(c: torch.Tensor) -> dict:
+    n = int(c.numel())
+    k = float(c.float().sum())
+    lo, hi = wilson(k, n)
+    return {"acc": round(k / max(n, 1), 4), "ci95": [round(lo, 4), round(hi, 4)], "n": n}
+
+
+def icl(
+    lmm: LMM,
+    queries: Mapping[str, Sequence[Item]],
+    pools: Mapping[str, Sequence[Item]],
+    shots: Sequence[int],
+    n: int,
+    kinds: Sequence[str] = ("clean", "corrupted"),
+    seed: int = 0,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> dict:
+    """ICL accuracy table: ``out[kind][str(k)][relation]`` = {acc, ci95, n}, plus ``mean`` per k.
+
+    Zero shots is the zero-shot prompt for every kind. ``queries``/``pools`` map relation -> items.
+    """
+    out: dict = {}
+    for kind in kinds:
+        out[kind] = {}
+        for k in shots:
+            row = {}
+            for rel, qs in queries.items():
+                prompts = P.build(kind if k > 0 else "zero-shot", qs, pools, k, n, seed)
+                row[rel] = summarize(correct(lmm, prompts, batch_size, progress=progress))
+            accs = [row[r]["acc"] for r in queries]
+            total_n = sum(row[r]["n"] for r in queries)
+            mean = sum(accs) / len(accs)
+            lo, hi = wilson(mean * total_n, total_n)
+            row["mean"] = {"acc": round(mean, 4), "ci95": [round(lo, 4), round(hi, 4)], "n": total_n}
+            out[kind][str(k)] = row
+    return out
+
+
+def format_icl_table(res: dict, relations: Sequence[str]) -> str:
+    """Plain-text table: one line per (kind, k), accuracy per relation and the mean with its CI."""
+    lines = [f"{'kind':<10} {'k':>2}  " + "  ".join(f"{r:>7}" for r in relations) + "     mean  [95% CI]"]
+    for kind, by_k in res.items():
+        for k, row in by_k.items():
+            m = row["mean"]
+            lines.append(
+                f"{kind:<10} {k:>2}  " + "  ".join(f"{row[r]['acc']:>7.3f}" for r in relations)
+                + f"    {m['acc']:.3f}  [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]"
+            )
+    return "\n".join(lines)

@@ -1,0 +1,190 @@
+"""The protocol every model offers to the method code (cma, vectors, evaluate, finetune, compose).
+
+The method code never names an architecture: it sees an :class:`LMM` — how to encode prompts into a
+:class:`Batch` (images encoded once and cached), run it, find each layer's attention output
+projection (whose *input* holds the per-head outputs) and decoder-layer output (the residual
+stream), the sizes L, H, head_dim, D, and how to score answers. Adapters: models/tiny (ours) and
+models/hf.py (any HF vision-language model described by a spec).
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from mmfv.prompts import Prompt, Template
+
+
+@dataclass
+class Batch:
+    """Encoded prompts, left-padded so the last prompt token is at position T-1 in every row.
+
+    ``inputs`` are the model's keyword arguments; ``answer_ids`` (B,) the first answer token of
+    each prompt (what P(y0) scores).
+    """
+
+    inputs: dict[str, Any]
+    answer_ids: torch.Tensor  # (B,)
+    prompts: list[Prompt]
+
+    @property
+    def size(self) -> int:
+        return len(self.prompts)
+
+    @property
+    def length(self) -> int:
+        return int(self.inputs["input_ids"].shape[1])
+
+
+@dataclass
+class Prefix:
+    """The KV cache of all positions but the last, and what is needed to run the last one."""
+
+    cache: Any
+    last_inputs: dict[str, Any]  # model kwargs for the last position alone (batch of 1 row per prompt)
+    size: int
+
+
+@dataclass(frozen=True)
+class HeadSet:
+    """A family of attention heads: ``n_layers`` layers × ``n_heads`` heads of ``head_dim``.
+
+    "self" is every model's decoder self-attention; Flamingo-style models add "cross".
+    """
+
+    name: str
+    n_layers: int
+    n_heads: int
+    head_dim: int
+
+
+class LMM(abc.ABC):
+    """A large multimodal model as the method code sees it."""
+
+    model_id: str
+    template: Template
+    module: nn.Module
+
+    # --- sizes -------------------------------------------------------------------------------
+    @property
+    @abc.abstractmethod
+    def n_layers(self) -> int: ...
+
+    @property
+    @abc.abstractmethod
+    def hidden_size(self) -> int: ...
+
+    @property
+    def head_sets(self) -> dict[str, HeadSet]:
+        """Head sets this model exposes; "self" always."""
+        o = self.o_proj(0)
+        hd = self.head_dim
+        return {"self": HeadSet("self", self.n_layers, o.in_features // hd, hd)}
+
+    @property
+    @abc.abstractmethod
+    def head_dim(self) -> int:
+        """Per-head size, read from the attention module (never D // H)."""
+
+    @property
+    def n_heads(self) -> int:
+        return self.head_sets["self"].n_heads
+
+    # --- modules hooks attach to --------------------------------------------------------------
+    @abc.abstractmethod
+    def o_proj(self, layer: int, head_set: str = "self") -> nn.Linear:
+        """The attention output projection of ``layer``; its input is the head outputs, head-major."""
+
+    @abc.abstractmethod
+    def decoder_layer(self, layer: int) -> nn.Module:
+        """Decoder layer ``layer``; its output is the residual stream after it."""
+
+    # --- running ------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def encode(self, prompts: Sequence[Prompt]) -> Batch:
+        """Tokenize and left-pad ``prompts``; image features come from a per-image cache."""
+
+    @abc.abstractmethod
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """Logits (B, T, V) of the whole prompt."""
+
+    @abc.abstractmethod
+    def prefix(self, batch: Batch) -> Prefix:
+        """Run positions < T-1 once and keep their KV cache (the fast CMA engine's first pass)."""
+
+    @abc.abstractmethod
+    def last(self, prefix: Prefix, repeats: int) -> torch.Tensor:
+        """Logits (B*repeats, V) of the last position, each prompt's row repeated ``repeats`` times
+        (row-major: prompt 0's copies first) and sharing its cache."""
+
+    @abc.abstractmethod
+    def answer_token_id(self, answer_text: str) -> int:
+        """First token of ``answer_text`` as the model writes it after the prompt."""
+
+    @abc.abstractmethod
+    def decode(self, ids: list[int]) -> str: ...
+
+    @property
+    def eos_texts(self) -> tuple[str, ...]:
+        """Text pieces that end a generated answer (the template's full stop, end-of-chunk)."""
+        return (".", self.template.eoc)
+
+    # --- derived ------------------------------------------------------------------------------
+    def last_logits(self, batch: Batch) -> torch.Tensor:
+        """Logits (B, V) at the last prompt position."""
+        return self.forward(batch)[:, -1]
+
+    def answer_probs(self, batch: Batch) -> torch.Tensor:
+        """P(y0) (B,): probability of each prompt's first answer token at the last position."""
+        probs = self.last_logits(batch).float().softmax(-1)
+        return probs.gather(1, batch.answer_ids[:, None].to(probs.device))[:, 0]
+
+    def predict(self, batch: Batch) -> torch.Tensor:
+        """Argmax first token (B,)."""
+        return self.last_logits(batch).argmax(-1)
+
+    def batches(self, prompts: Sequence[Prompt], batch_size: int) -> Iterator[Batch]:
+        for i in range(0, len(prompts), batch_size):
+            yield self.encode(prompts[i : i + batch_size])
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[Prompt], max_new_tokens: int = 4) -> list[str]:
+        """Greedy answers (text up to the template's full stop), for exact-match scoring."""
+        out = []
+        for p in prompts:
+            batch = self.encode([p])
+            ids: list[int] = []
+            for _ in range(max_new_tokens):
+                nxt = int(self.forward_with_suffix(batch, ids)[0, -1].argmax())
+                ids.append(nxt)
+                text = self.decode(ids)
+                if any(e in text for e in self.eos_texts):
+                    break
+            text = self.decode(ids)
+            for e in self.eos_texts:
+                text = text.split(e)[0]
+            out.append(text.strip())
+        return out
+
+    @abc.abstractmethod
+    def forward_with_suffix(self, batch: Batch, suffix_ids: list[int]) -> torch.Tensor:
+        """Logits (1, T+len(suffix), V) of a one-prompt batch continued by ``suffix_ids``."""
+
+    def config_hash(self) -> str:
+        """Short hash of the model's config: vectors remember which model they came from."""
+        cfg = getattr(self.module, "config", None)
+        d = cfg.to_dict() if hasattr(cfg, "to_dict") else {"repr": repr(self.module)}
+        d = {k: v for k, v in d.items() if k not in ("_name_or_path", "transformers_version", "torch_dtype", "dtype")}
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def freeze(self) -> None:
+        """Every weight frozen (fine-tuning trains only vectors)."""
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.module.eval()

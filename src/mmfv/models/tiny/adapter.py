@@ -1,0 +1,164 @@
+"""mmfv-tiny behind the LMM protocol: load (package data or a folder), encode, run, score."""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from importlib import resources
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from mmfv.models.base import LMM, Batch, Prefix
+from mmfv.models.tiny.modeling import MmfvTinyConfig, MmfvTinyForCausalLM
+from mmfv.models.tiny.tokenizer import BOS, PAD, TinyTokenizer
+from mmfv.models.tiny.train import pixels_of
+from mmfv.prompts import FLAMINGO, Prompt
+
+REQUIRED_FILES = ("config.json", "model.safetensors", "vocab.json")
+
+
+def packaged_weights() -> Path:
+    """Folder of the shipped mmfv-tiny checkpoint."""
+    return Path(str(resources.files("mmfv.models.tiny") / "weights"))
+
+
+def check_folder(folder: Path) -> None:
+    """One-line errors for a folder that is not a complete mmfv-tiny checkpoint."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model folder {folder} does not exist: pass --model tiny or a checkpoint folder")
+    missing = [f for f in REQUIRED_FILES if not (folder / f).exists()]
+    if missing:
+        raise FileNotFoundError(f"{folder} is not a complete mmfv-tiny checkpoint: missing {', '.join(missing)}")
+    with open(folder / "config.json") as f:
+        mt = json.load(f).get("model_type")
+    if mt != MmfvTinyConfig.model_type:
+        raise ValueError(f"{folder} holds a {mt!r} model, not mmfv_tiny: load it as an HF model instead")
+
+
+class TinyLMM(LMM):
+    """mmfv-tiny as an :class:`LMM`. Image features are cached per image id (LRU)."""
+
+    def __init__(self, model: MmfvTinyForCausalLM, tokenizer: TinyTokenizer, model_id: str = "mmfv-tiny", card: dict | None = None, cache_images: int = 4096) -> None:
+        self.module = model.eval()
+        self.tok = tokenizer
+        self.model_id = model_id
+        self.template = FLAMINGO
+        self.card = card or {}
+        self._feat_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._cache_max = cache_images
+
+    @classmethod
+    def load(cls, path: str | Path = "tiny") -> "TinyLMM":
+        folder = packaged_weights() if str(path) in ("tiny", "mmfv-tiny") else Path(path)
+        check_folder(folder)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        model = MmfvTinyForCausalLM.from_pretrained(folder)
+        card = {}
+        if (folder / "card.json").exists():
+            with open(folder / "card.json") as f:
+                card = json.load(f)
+        return cls(model, TinyTokenizer.load(folder), "mmfv-tiny" if str(path) in ("tiny", "mmfv-tiny") else str(path), card)
+
+    @property
+    def config(self) -> MmfvTinyConfig:
+        return self.module.config
+
+    @property
+    def n_layers(self) -> int:
+        return self.config.num_hidden_layers
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    @property
+    def head_dim(self) -> int:
+        return self.module.model.layers[0].self_attn.head_dim
+
+    def o_proj(self, layer: int, head_set: str = "self") -> nn.Linear:
+        if head_set != "self":
+            raise KeyError(f"mmfv-tiny has only the 'self' head set, not {head_set!r}")
+        return self.module.model.layers[layer].self_attn.o_proj
+
+    def decoder_layer(self, layer: int) -> nn.Module:
+        return self.module.model.layers[layer]
+
+    def scene_config(self):
+        """The scene config mmfv-tiny was trained on (its images must look like these)."""
+        from mmfv.data.scenes import SceneConfig
+
+        sc = self.card.get("scene_config")
+        return SceneConfig(**sc) if sc else SceneConfig(grid=self.config.grid, cell_px=self.config.cell_px)
+
+    # --- encoding -----------------------------------------------------------------------------
+    def image_features(self, prompts: Sequence[Prompt]) -> torch.Tensor:
+        """(n_images, grid², D) for every image of ``prompts`` in order, each encoded once."""
+        need = {}
+        for p in prompts:
+            for it in p.items:
+                if it.image_id not in self._feat_cache and it.image_id not in need:
+                    need[it.image_id] = it
+        if need:
+            with torch.no_grad():
+                feats = self.module.encode_images(pixels_of([it.load_image() for it in need.values()]))
+            for iid, f in zip(need, feats):
+                self._feat_cache[iid] = f
+                if len(self._feat_cache) > self._cache_max:
+                    self._feat_cache.popitem(last=False)
+        for p in prompts:
+            for it in p.items:
+                self._feat_cache.move_to_end(it.image_id)
+        return torch.stack([self._feat_cache[it.image_id] for p in prompts for it in p.items])
+
+    def encode(self, prompts: Sequence[Prompt]) -> Batch:
+        if not prompts:
+            raise ValueError("no prompts to encode")
+        seqs = [self.tok.encode(self.template.render(p)) for p in prompts]
+        T = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), T), PAD, dtype=torch.long)
+        mask = torch.zeros((len(seqs), T), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, T - len(s) :] = torch.tensor(s)
+            mask[i, T - len(s) :] = 1
+        answers = torch.tensor([self.answer_token_id(p.answer) for p in prompts])
+        feats = self.image_features(prompts)
+        return Batch({"input_ids": ids, "attention_mask": mask, "image_features": feats}, answers, list(prompts))
+
+    def answer_token_id(self, answer_text: str) -> int:
+        return self.tok.token_id(answer_text)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids)
+
+    # --- running ------------------------------------------------------------------------------
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return self.module(**batch.inputs)["logits"]
+
+    def prefix(self, batch: Batch) -> Prefix:
+        inp = batch.inputs
+        ids, mask = inp["input_ids"], inp["attention_mask"]
+        embeds = self.module.model.embed(ids, inp["image_features"])  # (B, T, D)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.module(inputs_embeds=embeds[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1], use_cache=True)
+        last = {"inputs_embeds": embeds[:, -1:], "attention_mask": mask, "position_ids": pos[:, -1:]}
+        return Prefix(out["past_key_values"], last, batch.size)
+
+    def last(self, prefix: Prefix, repeats: int) -> torch.Tensor:
+        rep = lambda t: t.repeat_interleave(repeats, dim=0)  # noqa: E731
+        cache = [(rep(k), rep(v)) for k, v in prefix.cache] if prefix.size > 1 else prefix.cache
+        li = prefix.last_inputs
+        out = self.module(inputs_embeds=rep(li["inputs_embeds"]), attention_mask=rep(li["attention_mask"]), position_ids=rep(li["position_ids"]), past_key_values=cache)
+        return out["logits"][:, -1]
+
+    def forward_with_suffix(self, batch: Batch, suffix_ids: list[int]) -> torch.Tensor:
+        inp = dict(batch.inputs)
+        if suffix_ids:
+            s = torch.tensor([suffix_ids]).expand(batch.size, -1)
+            inp["input_ids"] = torch.cat([inp["input_ids"], s], 1)
+            inp["attention_mask"] = torch.cat([inp["attention_mask"], torch.ones_like(s)], 1)
+        return self.module(**inp)["logits"]
