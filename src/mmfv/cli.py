@@ -174,6 +174,105 @@ def _icl(a: argparse.Namespace) -> int:
     return 0
 
 
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=int, default=0, help="seed of scenes and prompts")
+
+
+def _cma_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="tiny")
+    p.add_argument("--relations", type=_rel_list, default=None, help="comma-separated (default: the 4 cardinal)")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--n-mean", type=_positive_int, default=100, help="clean prompts for the mean activations")
+    p.add_argument("--n-cma", type=_positive_int, default=25, help="corrupted prompts for the indirect effects")
+    p.add_argument("--shots", type=_positive_int, default=5)
+    p.add_argument("--engine", choices=("fast", "reference"), default="fast")
+    p.add_argument("--top-k", type=_positive_int, default=10)
+    p.add_argument("--only-correct", action="store_true", help="average only prompts the model answers correctly")
+    _data_args(p)
+
+
+@verb("cma", "causal mediation analysis: the indirect effect of every attention head", _cma_args)
+def _cma(a: argparse.Namespace) -> int:
+    from mmfv import relations as R
+    from mmfv.models import load_model
+    from mmfv.stages import DataSettings, cma_stage
+
+    lmm = load_model(a.model)
+    rels = a.relations or list(R.CARDINAL)
+    if a.top_k > lmm.n_layers * lmm.n_heads:
+        raise ValueError(f"--top-k {a.top_k} is larger than the model's {lmm.n_layers * lmm.n_heads} heads")
+    res = cma_stage(lmm, DataSettings(seed=a.seed), rels, a.out, a.n_mean, a.n_cma, a.shots, a.engine, a.top_k,
+                    only_correct=a.only_correct, progress=True)
+    for r, v in res["relations"].items():
+        print(f"{r:>6}: top-{a.top_k} heads carry {v['top_share']:.0%} of positive AIE; top heads (layer, head, AIE) {v['top_heads'][:3]}; {v['seconds']}s")
+    print(f"wrote {a.out}/results.json and aie_*.png")
+    return 0
+
+
+def _extract_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cma", required=True, type=Path, help="folder written by `mmfv cma`")
+    p.add_argument("--k", type=_positive_int, default=10, help="number of top heads")
+    p.add_argument("--out", required=True, type=Path, help="a .safetensors file (one relation) or a folder")
+    p.add_argument("--relations", type=_rel_list, default=None)
+    p.add_argument("--model", default=None, help="defaults to the model the CMA was run on")
+
+
+@verb("extract", "build function vectors from the top-k heads of a CMA run", _extract_args)
+def _extract(a: argparse.Namespace) -> int:
+    from mmfv.io import read_json
+    from mmfv.models import load_model
+    from mmfv.stages import extract_stage
+
+    meta_path = a.cma / "results.json"
+    if not meta_path.exists():
+        raise FileNotFoundError(f"{meta_path} not found: --cma must be a folder written by `mmfv cma`")
+    meta = read_json(meta_path)
+    rels = a.relations or list(meta["relations"])
+    lmm = load_model(a.model or ("tiny" if meta["model"] == "mmfv-tiny" else meta["model"]))
+    if a.k > lmm.n_layers * lmm.n_heads:
+        raise ValueError(f"--k {a.k} is larger than the model's {lmm.n_layers * lmm.n_heads} heads")
+    if a.out.suffix == ".safetensors":
+        if len(rels) != 1:
+            raise ValueError(f"--out {a.out} is one file but {len(rels)} relations were asked: pass --relations R or a folder")
+        paths = extract_stage(lmm, a.cma, rels, a.k, a.out.parent / ".extract-tmp")
+        paths[rels[0]].replace(a.out)
+        (a.out.parent / ".extract-tmp").rmdir()
+        paths = {rels[0]: a.out}
+    else:
+        paths = extract_stage(lmm, a.cma, rels, a.k, a.out)
+    for r, p in paths.items():
+        print(f"{r}: {p}")
+    return 0
+
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="tiny")
+    p.add_argument("--fv", nargs="+", required=True, type=Path, help="function vector files or folders of them")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--n", type=_positive_int, default=200, help="prompts per relation and split")
+    p.add_argument("--cma", type=Path, default=None, help="CMA folder, for the head-count sweep")
+    _data_args(p)
+
+
+@verb("eval", "zero-shot accuracy with function vectors: layer, head-count and context-size sweeps", _eval_args)
+def _eval(a: argparse.Namespace) -> int:
+    from mmfv.models import load_model
+    from mmfv.stages import DataSettings, eval_stage
+    from mmfv.vectors import FunctionVector
+
+    lmm = load_model(a.model)
+    files = [f for p in a.fv for f in (sorted(p.glob("*.safetensors")) if p.is_dir() else [p])]
+    if not files:
+        raise FileNotFoundError(f"no .safetensors function vectors in {', '.join(map(str, a.fv))}")
+    fvs = {}
+    for f in files:
+        fv = FunctionVector.load(f, lmm)
+        fvs[fv.relation] = fv
+    res = eval_stage(lmm, DataSettings(seed=a.seed), fvs, a.out, a.n, a.cma, progress=True)
+    print(f"mean zero-shot {res['mean']['zero_shot']:.3f} -> with FV {res['mean']['fv']:.3f}; wrote {a.out}/results.json")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="mmfv", description="Multimodal function vectors: find, build, steer and compose relation vectors in vision-language models.")
     ap.add_argument("--version", action="version", version=f"mmfv {__version__}")

@@ -101,3 +101,27 @@ def format_icl_table(res: dict, relations: Sequence[str]) -> str:
                 + f"    {m['acc']:.3f}  [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]"
             )
     return "\n".join(lines)
+
+
+def with_vector(lmm: LMM, vector: torch.Tensor, layer: int, scale: float = 1.0) -> Callable[[int], ContextManager]:
+    """A per-batch context that adds ``scale * vector`` at ``layer``'s output, last position."""
+    from mmfv import hooks
+
+    return lambda B: hooks.add_to_layer(lmm, layer, vector, position=-1, scale=scale)
+
+
+def accuracy(lmm: LMM, prompts: Sequence[Prompt], vector: torch.Tensor | None = None, layer: int | None = None, batch_size: int = 64) -> dict:
+    """{acc, ci95, n} of ``prompts``, optionally with ``vector`` added at ``layer``."""
+    ctx = with_vector(lmm, vector, layer) if vector is not None else None
+    return summarize(correct(lmm, prompts, batch_size, ctx))
+
+
+def layer_sweep(lmm: LMM, prompts: Sequence[Prompt], vector: torch.Tensor, batch_size: int = 64, layers: Sequence[int] | None = None) -> list[float]:
+    """Accuracy with ``vector`` injected at each layer (index = layer)."""
+    layers = list(range(lmm.n_layers)) if layers is None else list(layers)
+    return [accuracy(lmm, prompts, vector, l, batch_size)["acc"] for l in layers]
+
+
+def best_layer(accs: Sequence[float]) -> int:
+    """The layer with the highest validation accuracy (earliest on ties)."""
+    return max(range(len(accs)), key=lambda i: (accs[i], -i))

@@ -149,9 +149,12 @@ class TinyLMM(LMM):
         return Prefix(out["past_key_values"], last, batch.size)
 
     def last(self, prefix: Prefix, repeats: int) -> torch.Tensor:
+        # The cache stays (N, H, P, d): the attention reads it once per prompt for all its rows.
         rep = lambda t: t.repeat_interleave(repeats, dim=0)  # noqa: E731
-        cache = [(rep(k), rep(v)) for k, v in prefix.cache] if prefix.size > 1 else prefix.cache
         li = prefix.last_inputs
+        cache = prefix.cache
+        if repeats == 1:
+            cache = [(k, v) for k, v in cache]
         out = self.module(inputs_embeds=rep(li["inputs_embeds"]), attention_mask=rep(li["attention_mask"]), position_ids=rep(li["position_ids"]), past_key_values=cache)
         return out["logits"][:, -1]
 

@@ -92,14 +92,39 @@ class Attention(nn.Module):
         k = self.k_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
         q, k = _rope(q, pos, self.theta), _rope(k, pos, self.theta)
+        if past is not None and past[0].shape[0] != B:
+            return self._shared_prefix(q, k, v, past, mask), None
         if past is not None:
             pk, pv = past
-            if pk.shape[0] != B:  # one shared prefix for a batch of continuations
-                pk, pv = pk.expand(B, -1, -1, -1), pv.expand(B, -1, -1, -1)
             k, v = torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, T, d)
         out = out.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim)
         return self.o_proj(out), (k, v)
+
+
+    def _shared_prefix(self, q, k, v, past, mask):
+        """One new token per row, R rows per cached prompt, without copying the cache.
+
+        q, k, v: (N*R, H, 1, d) for the new tokens; past: (k, v) each (N, H, P, d);
+        mask: (N*R, 1, 1, P+1). Each row attends to its prompt's prefix and to itself.
+        """
+        pk, pv = past
+        N, H, P, d = pk.shape
+        B = q.shape[0]
+        if q.shape[2] != 1 or B % N:
+            raise ValueError(f"a shared KV prefix of {N} prompts takes one new token per row and a multiple of {N} rows, got {B} rows x {q.shape[2]} tokens")
+        R = B // N
+        qg = q.view(N, R, H, d).transpose(1, 2)  # (N, H, R, d)
+        scale = 1.0 / math.sqrt(d)
+        s_pre = (qg @ pk.transpose(-1, -2)) * scale  # (N, H, R, P)
+        keep = mask.view(N, R, 1, 1, P + 1)[:, 0, :, :, :P]  # (N, 1, 1, P) prefix keys visible
+        s_pre = s_pre.masked_fill(~keep, float("-inf"))
+        s_self = (q * k).sum(-1).view(N, R, H).transpose(1, 2)[..., None] * scale  # (N, H, R, 1)
+        w = torch.cat([s_pre, s_self], dim=-1).softmax(-1)
+        vs = v.view(N, R, H, d).transpose(1, 2)  # (N, H, R, d)
+        out = w[..., :P] @ pv + w[..., P:] * vs  # (N, H, R, d)
+        out = out.transpose(1, 2).reshape(B, 1, H * d)
+        return self.o_proj(out)
 
 
 class DecoderLayer(nn.Module):

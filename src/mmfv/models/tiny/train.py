@@ -43,6 +43,9 @@ class TrainConfig:
     explicit_start: float = 0.0  # share of explicit-relation batches at step 0 ...
     explicit_end: float = 0.0  # ... fading linearly to this share at `explicit_until` * steps
     explicit_until: float = 0.5
+    easy_start: float = 0.0  # share of items whose image shows only the query and the answer object ...
+    easy_end: float = 0.0  # ... fading linearly to this share at `easy_until` * steps
+    easy_until: float = 0.5
     eval_every: int = 250
     eval_sequences: int = 256
     seed: int = 0
@@ -75,6 +78,9 @@ class SceneBank:
             for o in s.objects:
                 cells[i, o.row * s.config.grid + o.col] = tok.token_id(o.name)
         self.cells = cells  # (N, grid²) object token per cell, PAD where empty
+        self.grid, self.cell_px = scenes[0].config.grid, scenes[0].config.cell_px
+        self.query_cell = torch.tensor([s.query.row * self.grid + s.query.col for s in scenes])  # (N,)
+        self.background = (torch.tensor(S.BACKGROUND, dtype=torch.float32) / 255.0).view(1, 3, 1, 1)
         self.by_rel = [torch.nonzero(self.neigh[:, j] >= 0).flatten() for j in range(len(R.CARDINAL))]
 
     def images(self, idx: torch.Tensor) -> torch.Tensor:
@@ -103,7 +109,7 @@ def build_bank(cfg: TrainConfig, tok: TinyTokenizer, n: int, stream: str) -> Sce
     return SceneBank(scenes, tok)
 
 
-def make_batch(bank: SceneBank, B: int, n_items: int, explicit: bool, gen: torch.Generator, tok: TinyTokenizer, P: int):
+def make_batch(bank: SceneBank, B: int, n_items: int, explicit: bool, gen: torch.Generator, tok: TinyTokenizer, P: int, easy: float = 0.0):
     """B sequences of n_items items of one cardinal relation each.
 
     Returns ids (B, T), pixels (B*n_items, 3, H, W), answer positions (n_items,), answers (B, n_items),
@@ -128,7 +134,22 @@ def make_batch(bank: SceneBank, B: int, n_items: int, explicit: bool, gen: torch
     ids = torch.cat([torch.full((B, 1), BOS), item.reshape(B, -1)], dim=1)
     a_off = P + (4 if explicit else 3)  # index of "A:" inside an item
     ans_pos = 1 + torch.arange(n_items) * L_item + a_off  # (n,) positions whose next token is the answer
-    return ids, bank.images(idx.flatten()), ans_pos, a, rel, bank.cells[idx]
+    px, cells = bank.images(idx.flatten()), bank.cells[idx]
+    if easy > 0:
+        # "Easy" items: every cell but the query's and the answer's is blanked (image and labels).
+        is_easy = torch.rand(B, n_items, generator=gen) < easy  # (B, n)
+        g = bank.grid
+        qcell = bank.query_cell[idx]  # (B, n)
+        acell = qcell + torch.tensor([g * dr + dc for dr, dc in (R.offset(r) for r in R.CARDINAL)])[rel][:, None]
+        keep = torch.zeros(B, n_items, g * g, dtype=torch.bool)
+        keep.scatter_(2, qcell[..., None], True)
+        keep.scatter_(2, acell[..., None], True)
+        keep |= ~is_easy[..., None]
+        cells = torch.where(keep, cells, torch.full_like(cells, PAD))
+        c = bank.cell_px
+        m = keep.view(B * n_items, 1, g, 1, g, 1).expand(-1, 3, g, c, g, c).reshape(px.shape)
+        px = torch.where(m, px, bank.background)
+    return ids, px, ans_pos, a, rel, cells
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -138,9 +159,17 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
+def _fade(step: int, cfg: TrainConfig, start: float, end: float, until: float) -> float:
+    t = step / max(1, until * cfg.steps)
+    return end if t >= 1 else start + (end - start) * t
+
+
 def explicit_share(step: int, cfg: TrainConfig) -> float:
-    t = step / max(1, cfg.explicit_until * cfg.steps)
-    return cfg.explicit_end if t >= 1 else cfg.explicit_start + (cfg.explicit_end - cfg.explicit_start) * t
+    return _fade(step, cfg, cfg.explicit_start, cfg.explicit_end, cfg.explicit_until)
+
+
+def easy_share(step: int, cfg: TrainConfig) -> float:
+    return _fade(step, cfg, cfg.easy_start, cfg.easy_end, cfg.easy_until)
 
 
 def step_loss(model, ids, px, ans_pos, a, rel, cells, aux_weight: float, patch_weight: float = 0.0):
@@ -225,7 +254,7 @@ def train(cfg: TrainConfig, out: str | Path, minutes: float | None = None, log=p
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
         explicit = erng.random() < explicit_share(step, cfg)
-        ids, px, ans_pos, a, rel, cells = make_batch(bank, cfg.batch, cfg.n_items, explicit, gen, tok, P)
+        ids, px, ans_pos, a, rel, cells = make_batch(bank, cfg.batch, cfg.n_items, explicit, gen, tok, P, easy_share(step, cfg))
         loss, lm, acc, aux_acc = step_loss(model, ids, px, ans_pos, a, rel, cells, cfg.aux_weight, cfg.patch_label_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -239,7 +268,7 @@ def train(cfg: TrainConfig, out: str | Path, minutes: float | None = None, log=p
                 "step": step, "minutes": round((time.time() - t_start) / 60, 2), "lr": lr_at(step, cfg),
                 "train_loss": round(run["loss"] / run["n"], 4), "train_aux_acc": round(run["aux"] / run["n"], 4),
                 "train_acc_by_k": [round(float(x), 3) for x in run["acc"] / run["n"]],
-                "explicit_share": round(explicit_share(step, cfg), 3), "eval_acc_by_k": ev["by_k"],
+                "explicit_share": round(explicit_share(step, cfg), 3), "easy_share": round(easy_share(step, cfg), 3), "eval_acc_by_k": ev["by_k"],
             }
             history.append(rec)
             log(json.dumps(rec))
@@ -247,6 +276,8 @@ def train(cfg: TrainConfig, out: str | Path, minutes: float | None = None, log=p
             tmp = state_path.with_suffix(".tmp")
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(), "step": step, "history": history, "train_config": asdict(cfg)}, tmp)
             os.replace(tmp, state_path)
+            model.save_pretrained(out)
+            tok.save(out)
     model.save_pretrained(out)
     tok.save(out)
     card = {

@@ -1,0 +1,101 @@
+"""CMA: the fast engine equals the published reference algorithm; checkpoints resume exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmfv import cma
+from mmfv import prompts as P
+from tests.models.test_tiny import RELS, SCENE, random_tiny
+from mmfv.data import synthetic
+
+
+@pytest.fixture(scope="module")
+def setup():
+    lmm = random_tiny(seed=1)
+    data = synthetic.items("test", 80, RELS, seed=0, config=SCENE)
+    clean = P.build("clean", data["left"], data, 3, 8, 0)
+    corrupt = P.build("corrupted", data["left"], data, 3, 4, 1)
+    return lmm, clean, corrupt
+
+
+def test_fast_equals_reference(setup):
+    lmm, clean, corrupt = setup
+    fast = cma.run_cma(lmm, clean, corrupt, engine="fast", batch_size=3, heads_per_batch=5)
+    ref = cma.run_cma(lmm, clean, corrupt, engine="reference")
+    assert fast.ie.shape == (4, lmm.n_layers, lmm.n_heads)
+    assert (fast.ie - ref.ie).abs().max() <= 1e-5
+    assert (fast.aie - ref.aie).abs().max() <= 1e-5
+    assert ref.ie.abs().max() > 1e-4  # effects are not all zero: the comparison means something
+
+
+def test_means_only_correct_and_counts(setup):
+    lmm, clean, _ = setup
+    m_all, n_all = cma.mean_activations(lmm, clean)
+    assert m_all.shape == (lmm.n_layers, lmm.n_heads, lmm.head_dim) and n_all == len(clean)
+    batch = lmm.encode(clean)
+    n_ok = int((lmm.predict(batch) == batch.answer_ids).sum())
+    if n_ok == 0:
+        with pytest.raises(cma.ActivationError, match="no prompt qualified"):
+            cma.mean_activations(lmm, clean, only_correct=True)
+    else:
+        _, n = cma.mean_activations(lmm, clean, only_correct=True)
+        assert n == n_ok
+
+
+def test_checkpoint_resume_is_identical(setup, tmp_path, monkeypatch):
+    lmm, clean, corrupt = setup
+    ck = tmp_path / "ck.pt"
+    full = cma.run_cma(lmm, clean, corrupt, batch_size=1)
+    calls = {"n": 0}
+    real = cma.ie_fast
+
+    def dying(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(cma, "ie_fast", dying)
+    with pytest.raises(KeyboardInterrupt):
+        cma.run_cma(lmm, clean, corrupt, batch_size=1, checkpoint=ck)
+    monkeypatch.setattr(cma, "ie_fast", real)
+    assert int(torch.load(ck)["done"]) == 2
+    resumed = cma.run_cma(lmm, clean, corrupt, batch_size=1, checkpoint=ck)
+    assert torch.equal(resumed.ie, full.ie)
+    with pytest.raises(ValueError, match="another run"):
+        cma.run_cma(lmm, clean, corrupt[:3], batch_size=1, checkpoint=ck)
+
+
+def test_top_heads_and_errors(setup):
+    lmm, clean, corrupt = setup
+    res = cma.run_cma(lmm, clean, corrupt)
+    top = res.top_heads(3)
+    flat = sorted(res.aie.flatten().tolist(), reverse=True)
+    assert [float(res.aie[l, h]) for l, h in top] == pytest.approx(flat[:3])
+    assert 0 <= res.top_share(3) <= 1
+    with pytest.raises(ValueError, match="out of range"):
+        res.top_heads(lmm.n_layers * lmm.n_heads + 1)
+    with pytest.raises(ValueError, match="unknown CMA engine"):
+        cma.run_cma(lmm, clean, corrupt, engine="turbo")
+    with pytest.raises(ValueError, match="corrupted"):
+        cma.run_cma(lmm, clean, clean)
+
+
+def test_nan_activations_are_refused(setup):
+    lmm, clean, _ = setup
+    h = lmm.o_proj(0).register_forward_pre_hook(lambda m, a: (a[0] * float("nan"),))
+    try:
+        with pytest.raises(cma.ActivationError, match="non-finite"):
+            cma.mean_activations(lmm, clean[:2])
+    finally:
+        h.remove()
+
+
+def test_attribution_patching_correlates(setup):
+    lmm, clean, corrupt = setup
+    res = cma.run_cma(lmm, clean, corrupt)
+    est = cma.attribution_patching(lmm, corrupt, res.means)
+    assert est.shape == res.ie.shape
+    assert cma.spearman(est.mean(0), res.aie) > 0.3
