@@ -212,9 +212,10 @@ def build(
         raise PromptError(f"number of prompts must be positive, got {n}")
     if not queries:
         raise PromptError("no query items: the split has no items of this relation")
-    rng = random.Random(f"mmfv-prompts:{seed}:{kind}:{k}:{queries[0].relation}")
+    # The query order depends only on (seed, relation): every kind and k sees the same queries.
     order = list(range(len(queries)))
-    rng.shuffle(order)
+    random.Random(f"mmfv-queries:{seed}:{queries[0].relation}").shuffle(order)
+    rng = random.Random(f"mmfv-prompts:{seed}:{kind}:{k}:{queries[0].relation}")
     out = []
     for i in range(n):
         q = queries[order[i % len(order)]]

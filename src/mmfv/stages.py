@@ -158,3 +158,135 @@ def eval_stage(
                  "ICL by context size (FV: dashed)", out / "context_size.png", hlines={"FV mean": res["mean"]["fv"]})
     write_json(out / "results.json", {"model": lmm.model_id, "n_eval": n_eval, **res})
     return res
+
+
+# --- fine-tuning -----------------------------------------------------------------------------------
+def _chance(items: Sequence[P.Item]) -> float:
+    """Share of the answer among the candidate objects, averaged over items."""
+    return round(sum(1.0 / max(1, len(it.candidates)) for it in items) / max(1, len(items)), 4)
+
+
+def finetune_stage(
+    lmm: LMM, data: DataSettings, fvs: dict[str, V.FunctionVector], layers: dict[str, int], out: Path,
+    sizes: Sequence[int] = (25, 50, 100, 200, 400), headline_size: int = 200, shots: Sequence[int] = tuple(range(1, 9)),
+    n_eval: int = 200, settings=None, batch_size: int = 64, progress: bool = False,
+) -> dict:
+    """Per relation: ICL k-shot baselines, extracted FV, FV fine-tuned from it (per training size),
+    and FV fine-tuned from a random init (headline size), all on the same ``test`` queries."""
+    from mmfv.finetune import FinetuneSettings, finetune
+
+    settings = settings or FinetuneSettings(seed=data.seed)
+    out = Path(out)
+    rels = list(fvs)
+    split = lambda s: data.items(lmm, s, R.CARDINAL if set(rels) <= set(R.CARDINAL) else rels)  # noqa: E731
+    train, val, test = split("train"), split("val"), split("test")
+    res: dict = {"relations": {}, "sizes": list(sizes), "headline_size": headline_size}
+    for rel, fv in fvs.items():
+        fv.check_model(lmm)
+        layer = layers[rel]
+        zs_val = P.build("zero-shot", val[rel], val, 0, n_eval, data.seed)
+        zs_test = P.build("zero-shot", test[rel], test, 0, n_eval, data.seed)
+        icl_k = {str(k): evaluate.accuracy(lmm, P.build("clean", test[rel], test, k, n_eval, data.seed), batch_size=batch_size)["acc"] for k in shots}
+        r: dict = {"layer": layer, "icl_by_shots": icl_k, "icl_best": max(icl_k.values()),
+                   "zero_shot": evaluate.accuracy(lmm, zs_test, batch_size=batch_size)["acc"],
+                   "fv": evaluate.accuracy(lmm, zs_test, fv.vector, layer, batch_size)["acc"], "by_size": {}, "curves": {}}
+        pool = train[rel]
+        for n in sizes:
+            if n > len(pool):
+                raise ValueError(f"training size {n} exceeds the {len(pool)} {rel} items of the train split: enlarge it")
+            tr = P.build("zero-shot", pool, train, 0, n, data.seed)
+            ft = finetune(lmm, fv.vector, layer, tr, zs_val, settings, out / "checkpoints" / f"{rel}_n{n}.pt", progress)
+            acc = evaluate.accuracy(lmm, zs_test, ft.vector, layer, batch_size)["acc"]
+            r["by_size"][str(n)] = {"fv_tuned": acc, "best_epoch": ft.best_epoch, "val_acc": ft.best_val_acc}
+            r["curves"][str(n)] = ft.curve
+            if n == headline_size:
+                tuned = V.FunctionVector(ft.vector, rel, fv.model_id, fv.config_hash, fv.n_layers, fv.hidden_size, fv.heads, fv.k,
+                                         extra={"finetuned": True, "train_size": n, "epoch": ft.best_epoch, "layer": layer, "init": "extracted"})
+                tuned.save(out / "vectors" / f"{rel}.safetensors")
+                r["fv_tuned"] = acc
+                g = torch.Generator().manual_seed(data.seed)
+                rand = torch.randn(lmm.hidden_size, generator=g) * float(fv.vector.norm()) / lmm.hidden_size**0.5
+                ftr = finetune(lmm, rand, layer, tr, zs_val, settings, out / "checkpoints" / f"{rel}_n{n}_random.pt", progress)
+                r["fv_random_init"] = evaluate.accuracy(lmm, zs_test, ftr.vector, layer, batch_size)["acc"]
+                r["curves"][f"{n}_random"] = ftr.curve
+        if "fv_tuned" not in r:
+            raise ValueError(f"headline training size {headline_size} is not among the sizes {list(sizes)}")
+        res["relations"][rel] = r
+        res[rel] = {k: r[k] for k in ("icl_best", "fv", "fv_tuned", "fv_random_init")}
+        if progress:
+            print(f"  {rel}: icl_best {r['icl_best']:.3f}  fv {r['fv']:.3f}  fv_tuned {r['fv_tuned']:.3f}  fv_random_init {r['fv_random_init']:.3f}")
+    res["mean"] = {k: round(sum(res[r][k] for r in rels) / len(rels), 4) for k in ("icl_best", "fv", "fv_tuned", "fv_random_init")}
+    # Plots: accuracy vs training-set size (tuned FV per relation, ICL 8-shot as dashed lines); learning curves.
+    plots.curves({r: [res["relations"][r]["by_size"][str(n)]["fv_tuned"] for n in sizes] for r in rels}, list(sizes),
+                 "training prompts", "zero-shot accuracy with tuned FV (test)", "Fine-tuned FV vs ICL (dashed: best ICL, mean)",
+                 out / "accuracy_vs_size.png", hlines={"ICL best (mean)": res["mean"]["icl_best"]})
+    plots.curves({f"{r} n={headline_size}": [c["val_acc"] for c in res["relations"][r]["curves"][str(headline_size)]] for r in rels},
+                 list(range(1, settings.epochs + 1)), "epoch", "val accuracy", "Fine-tuning learning curves", out / "learning_curves.png")
+    write_json(out / "results.json", {"model": lmm.model_id, "n_eval": n_eval, **res})
+    return res
+
+
+# --- composition and analogy -----------------------------------------------------------------------
+def compose_stage(
+    lmm: LMM, data: DataSettings, fvs: dict[str, V.FunctionVector], out: Path, tuned: dict[str, V.FunctionVector] | None = None,
+    grid: Sequence[float] = (0.5, 1.0, 1.5, 2.0), shots: Sequence[int] = (1, 2, 4, 8), n_eval: int = 200,
+    batch_size: int = 64, progress: bool = False,
+) -> dict:
+    """For each diagonal relation: chance, each single vector, a·FV_v + b·FV_h (a = b = 1 and the grid
+    point chosen on ``val``), tuned-vector composition, few-shot ICL; then analogies. Layers are chosen
+    on ``val``; every reported number is on ``test``."""
+    from mmfv import compose as C
+
+    out = Path(out)
+    val, test = data.items(lmm, "val", R.SPATIAL), data.items(lmm, "test", R.SPATIAL)
+    res: dict = {"relations": {}, "grid": list(grid)}
+
+    def zs(split, rel):
+        return P.build("zero-shot", split[rel], split, 0, n_eval, data.seed)
+
+    def acc(prompts, vec, layer):
+        return evaluate.accuracy(lmm, prompts, vec, layer, batch_size)["acc"]
+
+    for rel in R.NOVEL:
+        v, h = R.decompose(rel)
+        zv, zt = zs(val, rel), zs(test, rel)
+        base = C.composed(fvs, rel)
+        sweep = evaluate.layer_sweep(lmm, zv, base.vector, batch_size)
+        layer = evaluate.best_layer(sweep)
+        val_grid = {(a, b): acc(zv, C.composed(fvs, rel, a, b).vector, layer) for a in grid for b in grid}
+        a_best, b_best = max(val_grid, key=lambda ab: (val_grid[ab], -abs(ab[0] - 1) - abs(ab[1] - 1)))
+        singles = {v: acc(zt, fvs[v].vector, layer), h: acc(zt, fvs[h].vector, layer)}
+        r = {
+            "layer": layer, "chance": _chance(test[rel][:n_eval]),
+            "zero_shot": evaluate.accuracy(lmm, zt, batch_size=batch_size)["acc"],
+            "single": singles, "single_best": max(singles.values()),
+            "composed": acc(zt, base.vector, layer),
+            "composed_grid": acc(zt, C.composed(fvs, rel, a_best, b_best).vector, layer), "grid_choice": [a_best, b_best],
+            "icl_by_shots": {str(k): evaluate.accuracy(lmm, P.build("clean", test[rel], test, k, n_eval, data.seed), batch_size=batch_size)["acc"] for k in shots},
+        }
+        if tuned:
+            r["composed_tuned"] = acc(zt, C.composed(tuned, rel).vector, layer)
+        res["relations"][rel] = r
+        res[rel] = {k: r[k] for k in ("chance", "single_best", "composed")}
+        if progress:
+            print(f"  {rel}: chance {r['chance']:.3f}  single_best {r['single_best']:.3f}  composed {r['composed']:.3f} (grid {r['composed_grid']:.3f}) @ layer {layer}")
+    keys = ["chance", "single_best", "composed", "composed_grid", "zero_shot"] + (["composed_tuned"] if tuned else [])
+    res["mean"] = {k: round(sum(res["relations"][r][k] for r in R.NOVEL) / len(R.NOVEL), 4) for k in keys}
+    # Analogies: layer = the median of the composed vectors' val-chosen layers (no test selection).
+    layer = sorted(res["relations"][r]["layer"] for r in R.NOVEL)[len(R.NOVEL) // 2]
+    analog = {}
+    for fam, (ops, answers) in {"cardinal": (R.CARDINAL, R.CARDINAL), "diagonal": (R.SPATIAL, R.NOVEL)}.items():
+        items = C.analogy_items(ops, answers)
+        rows = []
+        for a, b, c, d in items:
+            zt = zs(test, d)
+            rows.append({"analogy": f"{a} : {b} :: {c} : {d}", "acc": acc(zt, C.analogy_vector(fvs, a, b, c).vector, layer), "chance": _chance(test[d][:n_eval])})
+        analog[fam] = {"items": rows, "mean_acc": round(sum(x["acc"] for x in rows) / len(rows), 4),
+                       "mean_chance": round(sum(x["chance"] for x in rows) / len(rows), 4), "layer": layer}
+    res["analogies"] = analog
+    plots.bars({r: {"chance": res["relations"][r]["chance"], "single best": res["relations"][r]["single_best"],
+                    "composed a=b=1": res["relations"][r]["composed"], "composed (val grid)": res["relations"][r]["composed_grid"],
+                    f"ICL {max(shots)}-shot": res["relations"][r]["icl_by_shots"][str(max(shots))]} for r in R.NOVEL},
+               "zero-shot accuracy (test)", f"Composition of relation vectors ({lmm.model_id})", out / "composition.png")
+    write_json(out / "results.json", {"model": lmm.model_id, "n_eval": n_eval, **res})
+    return res

@@ -261,7 +261,7 @@ def train(cfg: TrainConfig, out: str | Path, minutes: float | None = None, log=p
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step += 1
-        run["loss"] += float(lm); run["acc"] += acc.detach().mean(0); run["aux"] += float(aux_acc); run["n"] += 1
+        run["loss"] += float(lm.detach()); run["acc"] += acc.detach().mean(0); run["aux"] += float(aux_acc.detach()); run["n"] += 1
         if step % cfg.eval_every == 0 or step == cfg.steps:
             ev = evaluate_positions(model, ev_bank, cfg, tok, P)
             rec = {

@@ -1,0 +1,50 @@
+"""Composition and analogy with relation vectors, for relations never used to build a vector.
+
+Composition: FV_{above_left} ≈ a·FV_above + b·FV_left (relations.decompose gives the parts).
+Analogy A : B :: C : D, solved as FV_B − FV_A + FV_C, where D is defined by grid offsets:
+offset(D) = offset(B) − offset(A) + offset(C). An analogy item is any (A, B, C) of spatial relations
+with A ≠ B, A ≠ C (not trivial) whose D is a spatial relation; it is evaluated on zero-shot prompts
+of relation D. Vectors of diagonal relations used inside an analogy are themselves compositions.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Mapping, Sequence
+
+from mmfv import relations as R
+from mmfv.vectors import FunctionVector
+
+
+def composed(fvs: Mapping[str, FunctionVector], relation: str, a: float = 1.0, b: float = 1.0) -> FunctionVector:
+    """a·FV_vertical + b·FV_horizontal for a diagonal ``relation`` (raises for any other)."""
+    v, h = R.decompose(relation)
+    missing = [r for r in (v, h) if r not in fvs]
+    if missing:
+        raise ValueError(f"composing {relation} needs vectors for {v} and {h}; missing {', '.join(missing)}")
+    return a * fvs[v] + b * fvs[h]
+
+
+def vector_for(fvs: Mapping[str, FunctionVector], relation: str) -> FunctionVector:
+    """An extracted vector, or for a diagonal relation the a = b = 1 composition."""
+    if relation in fvs:
+        return fvs[relation]
+    return composed(fvs, relation)
+
+
+def analogy_items(relations: Sequence[str] = R.SPATIAL, answers: Sequence[str] = R.SPATIAL) -> list[tuple[str, str, str, str]]:
+    """Every non-trivial (A, B, C, D) with offset(D) = offset(B) − offset(A) + offset(C), D in ``answers``."""
+    out = []
+    for a, b, c in itertools.product(relations, repeat=3):
+        if a == b or a == c:
+            continue
+        (ra, ca), (rb, cb), (rc, cc) = R.offset(a), R.offset(b), R.offset(c)
+        d = R.from_offset(rb - ra + rc, cb - ca + cc)
+        if d is not None and d in answers and d not in (b, c):
+            out.append((a, b, c, d))
+    return out
+
+
+def analogy_vector(fvs: Mapping[str, FunctionVector], a: str, b: str, c: str) -> FunctionVector:
+    """FV_B − FV_A + FV_C."""
+    return vector_for(fvs, b) - vector_for(fvs, a) + vector_for(fvs, c)

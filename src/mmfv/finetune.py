@@ -1,0 +1,129 @@
+"""Fine-tune a function vector with every model weight frozen.
+
+The vector (D,) is the only trainable tensor. Loss: cross-entropy of the first answer token at the
+last position of zero-shot prompts, with the vector added to decoder layer ℓ's output there. Adam
+(lr 1e-2) with a cosine schedule, as in the paper. The epoch is chosen on ``val``; the caller
+reports ``test`` — this module never sees test prompts. Each epoch is checkpointed; a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from mmfv import evaluate, hooks
+from mmfv.cma import prompts_fingerprint
+from mmfv.models.base import LMM
+from mmfv.prompts import Prompt
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    epochs: int = 20
+    lr: float = 1e-2
+    schedule: str = "cosine"  # or "constant"
+    batch_size: int = 16
+    min_train: int = 8
+    seed: int = 0
+
+
+@dataclass
+class FinetuneResult:
+    vector: torch.Tensor  # (D,) at the epoch chosen on val
+    best_epoch: int
+    best_val_acc: float
+    curve: list[dict] = field(default_factory=list)  # per epoch: train_loss, val_acc
+
+
+def weights_digest(lmm: LMM) -> str:
+    """SHA-256 of every parameter and buffer: equal before and after means nothing moved."""
+    h = hashlib.sha256()
+    for k, v in sorted(lmm.module.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+    return h.hexdigest()
+
+
+def finetune(
+    lmm: LMM,
+    init: torch.Tensor,
+    layer: int,
+    train: Sequence[Prompt],
+    val: Sequence[Prompt],
+    settings: FinetuneSettings = FinetuneSettings(),
+    checkpoint: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> FinetuneResult:
+    """Train ``init`` (D,) as the only parameter; return the vector of the best ``val`` epoch."""
+    if not 0 <= layer < lmm.n_layers:
+        raise ValueError(f"layer {layer} is out of range: the model has layers 0..{lmm.n_layers - 1}")
+    if len(train) < settings.min_train:
+        raise ValueError(f"training set has {len(train)} prompts; at least {settings.min_train} are needed")
+    if not val:
+        raise ValueError("validation set is empty: the epoch must be chosen on val, never on test")
+    if settings.schedule not in ("cosine", "constant"):
+        raise ValueError(f"unknown schedule {settings.schedule!r}: choose cosine or constant")
+    if init.shape != (lmm.hidden_size,):
+        raise ValueError(f"initial vector has shape {tuple(init.shape)}, the model's hidden size is {lmm.hidden_size}")
+    lmm.freeze()
+    assert not any(p.requires_grad for p in lmm.module.parameters()), "model weights must be frozen"
+    vec = init.detach().clone().float().requires_grad_(True)
+    opt = torch.optim.Adam([vec], lr=settings.lr)
+    # Encode once: image features and token ids are reused by every epoch.
+    order = list(range(len(train)))
+    random.Random(f"finetune:{settings.seed}").shuffle(order)
+    batches = [lmm.encode([train[i] for i in order[s : s + settings.batch_size]]) for s in range(0, len(order), settings.batch_size)]
+    total = settings.epochs * len(batches)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, (lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))) if settings.schedule == "cosine" else (lambda s: 1.0)
+    )
+    start, curve = 0, []
+    best = (-1.0, 0, vec.detach().clone())
+    fp = {"train": prompts_fingerprint(train), "val": prompts_fingerprint(val), "layer": layer, "model": lmm.config_hash(),
+          "settings": settings.__dict__, "init": hashlib.sha256(init.detach().float().numpy().tobytes()).hexdigest()[:16]}
+    ck = Path(checkpoint) if checkpoint else None
+    if ck and ck.exists():
+        st = torch.load(ck, weights_only=False)
+        if st["fingerprint"] != fp:
+            raise ValueError(f"fine-tuning checkpoint {ck} belongs to another run: use another folder or delete it")
+        with torch.no_grad():
+            vec.copy_(st["vec"])
+        opt.load_state_dict(st["opt"])
+        sched.load_state_dict(st["sched"])
+        start, curve, best = st["epoch"], st["curve"], (st["best"][0], st["best"][1], st["best"][2])
+    gen = torch.Generator().manual_seed(settings.seed)
+    for _ in range(start):
+        torch.randperm(len(batches), generator=gen)
+    for epoch in tqdm(range(start, settings.epochs), disable=not progress, desc=f"finetune L{layer}", leave=False):
+        losses = []
+        for bi in torch.randperm(len(batches), generator=gen).tolist():
+            b = batches[bi]
+            with hooks.add_to_layer(lmm, layer, vec):
+                logits = lmm.last_logits(b)
+            loss = F.cross_entropy(logits.float(), b.answer_ids)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+        val_acc = evaluate.accuracy(lmm, val, vec.detach(), layer)["acc"]
+        curve.append({"epoch": epoch + 1, "train_loss": round(sum(losses) / len(losses), 5), "val_acc": val_acc})
+        if val_acc > best[0]:
+            best = (val_acc, epoch + 1, vec.detach().clone())
+        if ck:
+            ck.parent.mkdir(parents=True, exist_ok=True)
+            tmp = ck.with_name(ck.name + ".tmp")
+            torch.save({"fingerprint": fp, "vec": vec.detach(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                        "epoch": epoch + 1, "curve": curve, "best": best}, tmp)
+            os.replace(tmp, ck)
+    return FinetuneResult(best[2], best[1], best[0], curve)

@@ -1,0 +1,50 @@
+"""Composition and analogy arithmetic, with provenance."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmfv import compose as C
+from mmfv import relations as R
+from mmfv import vectors as V
+from tests.models.test_tiny import random_tiny
+
+
+@pytest.fixture(scope="module")
+def fvs():
+    lmm = random_tiny(seed=5)
+    torch.manual_seed(0)
+    means = torch.randn(lmm.n_layers, lmm.n_heads, lmm.head_dim)
+    return {r: V.build(lmm, means, [(i % lmm.n_layers, i)], r) for i, r in enumerate(R.CARDINAL)}
+
+
+def test_composed_is_weighted_sum_with_provenance(fvs):
+    c = C.composed(fvs, "above_left", 0.5, 2.0)
+    assert torch.allclose(c.vector, 0.5 * fvs["above"].vector + 2.0 * fvs["left"].vector)
+    assert c.relation == "(0.5*above + 2*left)"
+    assert {tuple(h) for h in c.heads} == set(fvs["above"].heads) | set(fvs["left"].heads)
+    assert [o["extra"]["operands"][0]["relation"] for o in c.extra["operands"]] == ["above", "left"]
+
+
+def test_not_composable_and_missing(fvs):
+    with pytest.raises(ValueError, match="not composable"):
+        C.composed(fvs, "left")
+    with pytest.raises(ValueError, match="missing left"):
+        C.composed({"above": fvs["above"]}, "above_left")
+
+
+def test_analogy_items_obey_offsets():
+    items = C.analogy_items()
+    assert ("left", "above_left", "right", "above_right") in items
+    for a, b, c, d in items:
+        assert a != b and a != c
+        off = [R.offset(x) for x in (a, b, c, d)]
+        assert (off[1][0] - off[0][0] + off[2][0], off[1][1] - off[0][1] + off[2][1]) == off[3]
+    assert C.analogy_items(R.CARDINAL, R.CARDINAL) and all(x[3] in R.CARDINAL for x in C.analogy_items(R.CARDINAL, R.CARDINAL))
+
+
+def test_analogy_vector(fvs):
+    v = C.analogy_vector(fvs, "left", "above_left", "right")
+    expect = (fvs["above"].vector + fvs["left"].vector) - fvs["left"].vector + fvs["right"].vector
+    assert torch.allclose(v.vector, expect, atol=1e-6)
