@@ -204,7 +204,7 @@ def _cma(a: argparse.Namespace) -> int:
     res = cma_stage(lmm, DataSettings(seed=a.seed), rels, a.out, a.n_mean, a.n_cma, a.shots, a.engine, a.top_k,
                     only_correct=a.only_correct, progress=True)
     for r, v in res["relations"].items():
-        print(f"{r:>6}: top-{a.top_k} heads carry {v['top_share']:.0%} of positive AIE; top heads (layer, head, AIE) {v['top_heads'][:3]}; {v['seconds']}s")
+        print(f"{r:>6}: top-{a.top_k} heads carry {v['top_share']:.0%} of positive AIE; top heads (layer, head, AIE) {v['top_heads'][:3]}")
     print(f"wrote {a.out}/results.json and aie_*.png")
     return 0
 
@@ -258,18 +258,99 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
 def _eval(a: argparse.Namespace) -> int:
     from mmfv.models import load_model
     from mmfv.stages import DataSettings, eval_stage
-    from mmfv.vectors import FunctionVector
 
     lmm = load_model(a.model)
-    files = [f for p in a.fv for f in (sorted(p.glob("*.safetensors")) if p.is_dir() else [p])]
-    if not files:
-        raise FileNotFoundError(f"no .safetensors function vectors in {', '.join(map(str, a.fv))}")
-    fvs = {}
-    for f in files:
-        fv = FunctionVector.load(f, lmm)
-        fvs[fv.relation] = fv
+    fvs = _load_fvs(lmm, a.fv)
     res = eval_stage(lmm, DataSettings(seed=a.seed), fvs, a.out, a.n, a.cma, progress=True)
     print(f"mean zero-shot {res['mean']['zero_shot']:.3f} -> with FV {res['mean']['fv']:.3f}; wrote {a.out}/results.json")
+    return 0
+
+
+def _load_fvs(lmm, paths: list[Path]) -> dict:
+    from mmfv.vectors import FunctionVector
+
+    files = [f for p in paths for f in (sorted(p.glob("*.safetensors")) if p.is_dir() else [p])]
+    if not files:
+        raise FileNotFoundError(f"no .safetensors function vectors in {', '.join(map(str, paths))}")
+    out = {}
+    for f in files:
+        fv = FunctionVector.load(f, lmm)
+        out[fv.relation] = fv
+    return out
+
+
+def _choose_layers(lmm, data, fvs: dict, n: int) -> dict[str, int]:
+    """Per relation, the injection layer with the best zero-shot accuracy on val."""
+    from mmfv import evaluate
+    from mmfv import prompts as P
+
+    out = {}
+    for rel, fv in fvs.items():
+        val = data.items(lmm, "val", [rel] if rel not in ("above", "below", "left", "right") else ["above", "below", "left", "right"])
+        out[rel] = evaluate.best_layer(evaluate.layer_sweep(lmm, P.build("zero-shot", val[rel], val, 0, n, data.seed), fv.vector))
+    return out
+
+
+def _finetune_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="tiny")
+    p.add_argument("--fv", nargs="+", required=True, type=Path, help="extracted function vector files or folders")
+    p.add_argument("--relation", type=_rel_list, default=None, help="restrict to these relations")
+    p.add_argument("--layer", type=int, default=None, help="injection layer (default: chosen on val per relation)")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--sizes", type=_int_list, default=[25, 50, 100, 200, 400], help="training-set sizes")
+    p.add_argument("--headline-size", type=_positive_int, default=200)
+    p.add_argument("--epochs", type=_positive_int, default=20)
+    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--schedule", choices=("cosine", "constant"), default="cosine")
+    p.add_argument("--n", type=_positive_int, default=200, help="val/test prompts per relation")
+    _data_args(p)
+
+
+@verb("finetune", "fine-tune function vectors with the model frozen; compare with ICL", _finetune_args)
+def _finetune(a: argparse.Namespace) -> int:
+    from mmfv.finetune import FinetuneSettings
+    from mmfv.models import load_model
+    from mmfv.stages import DataSettings, finetune_stage
+
+    lmm = load_model(a.model)
+    fvs = _load_fvs(lmm, a.fv)
+    if a.relation:
+        missing = [r for r in a.relation if r not in fvs]
+        if missing:
+            raise ValueError(f"no vector for {', '.join(missing)} among {', '.join(fvs)}")
+        fvs = {r: fvs[r] for r in a.relation}
+    data = DataSettings(seed=a.seed, scenes={"eval": 1000, "train": max(1000, 3 * max(a.sizes)), "val": 500, "test": 1000})
+    if a.layer is not None and not 0 <= a.layer < lmm.n_layers:
+        raise ValueError(f"--layer {a.layer} is out of range: the model has layers 0..{lmm.n_layers - 1}")
+    layers = {r: a.layer for r in fvs} if a.layer is not None else _choose_layers(lmm, data, fvs, a.n)
+    st = FinetuneSettings(epochs=a.epochs, lr=a.lr, schedule=a.schedule, seed=a.seed)
+    res = finetune_stage(lmm, data, fvs, layers, a.out, a.sizes, a.headline_size, n_eval=a.n, settings=st, progress=True)
+    m = res["mean"]
+    print(f"mean: icl_best {m['icl_best']:.3f}  fv {m['fv']:.3f}  fv_tuned {m['fv_tuned']:.3f}  fv_random_init {m['fv_random_init']:.3f}; wrote {a.out}/results.json")
+    return 0
+
+
+def _compose_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="tiny")
+    p.add_argument("--fv", nargs="+", required=True, type=Path, help="the 4 cardinal vectors (files or folders)")
+    p.add_argument("--tuned", nargs="+", type=Path, default=None, help="fine-tuned cardinal vectors (optional)")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--n", type=_positive_int, default=200)
+    _data_args(p)
+
+
+@verb("compose", "compose cardinal vectors into untrained diagonal relations; analogies", _compose_args)
+def _compose(a: argparse.Namespace) -> int:
+    from mmfv.models import load_model
+    from mmfv.stages import DataSettings, compose_stage
+
+    lmm = load_model(a.model)
+    fvs = _load_fvs(lmm, a.fv)
+    tuned = _load_fvs(lmm, a.tuned) if a.tuned else None
+    res = compose_stage(lmm, DataSettings(seed=a.seed), fvs, a.out, tuned, n_eval=a.n, progress=True)
+    m = res["mean"]
+    print(f"mean over diagonals: chance {m['chance']:.3f}  single_best {m['single_best']:.3f}  composed {m['composed']:.3f}; "
+          f"analogies: cardinal {res['analogies']['cardinal']['mean_acc']:.3f}, diagonal {res['analogies']['diagonal']['mean_acc']:.3f}; wrote {a.out}/results.json")
     return 0
 
 

@@ -73,7 +73,6 @@ def cma_stage(
     results = {}
     for rel in relations:
         R.get(rel)
-        t0 = time.time()
         clean = P.build("clean", items[rel], items, shots, n_mean, data.seed)
         corrupt = P.build("corrupted", items[rel], items, shots, n_cma, data.seed + 1)
         res = cma.run_cma(lmm, clean, corrupt, engine=engine, batch_size=batch_size, only_correct=only_correct,
@@ -88,7 +87,6 @@ def cma_stage(
             "top_layers": layers_of_top,
             "n_mean": res.n_mean, "n_cma": len(corrupt), "engine": engine,
             "aie": [[round(float(x), 6) for x in row] for row in res.aie],
-            "seconds": round(time.time() - t0, 2),
         }
     summary = {"model": lmm.model_id, "config_hash": lmm.config_hash(), "n_layers": lmm.n_layers, "n_heads": lmm.n_heads,
                "top_k": top_k, "shots": shots, "relations": results}
