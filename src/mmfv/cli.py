@@ -354,6 +354,52 @@ def _compose(a: argparse.Namespace) -> int:
     return 0
 
 
+def _run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", type=Path, default=None, help="TOML config (default: the built-in one, see `mmfv config show`)")
+    p.add_argument("--out", type=Path, default=None, help="results folder (default: run.out of the config)")
+    p.add_argument("--only", default=None, help="run just this stage")
+    p.add_argument("--from", dest="start", default=None, help="re-run from this stage on")
+    p.add_argument("--force", action="store_true", help="clear a results folder that holds another config's results")
+    p.add_argument("--quiet", action="store_true", help="no progress bars; the log file is still written")
+
+
+@verb("run", "the whole pipeline from a config to a report (resumable)", _run_args)
+def _run(a: argparse.Namespace) -> int:
+    from mmfv import config as C
+    from mmfv import runner
+
+    cfg = C.load(a.config)
+    timings = runner.run(cfg, a.out, a.only, a.start, a.force, a.quiet)
+    from mmfv import dist
+
+    if dist.is_main():
+        out = a.out or Path(cfg.run.out)
+        print("stage      seconds")
+        for k, v in timings.items():
+            print(f"{k:<10} {v:7.1f}")
+        print(f"{'total':<10} {sum(timings.values()):7.1f}\nreport: {out / 'report' / 'report.html'}")
+    return 0
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=("show", "check"), help="show: print the default config; check: validate a file")
+    p.add_argument("file", nargs="?", type=Path, default=None)
+
+
+@verb("config", "print the built-in run config, or check a config file", _config_args)
+def _config(a: argparse.Namespace) -> int:
+    from mmfv import config as C
+
+    if a.action == "show":
+        print(C.load(a.file).to_toml())
+    else:
+        if a.file is None:
+            raise ValueError("config check needs a file")
+        cfg = C.load(a.file)
+        print(f"{a.file}: valid (hash {cfg.hash()})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="mmfv", description="Multimodal function vectors: find, build, steer and compose relation vectors in vision-language models.")
     ap.add_argument("--version", action="version", version=f"mmfv {__version__}")
@@ -376,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mmfv: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, OSError, KeyError, RuntimeError) as e:
+    except (ValueError, OSError, KeyError, RuntimeError, ImportError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"mmfv {a.verb}: error: {msg}", file=sys.stderr)
         return 2

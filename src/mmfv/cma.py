@@ -23,7 +23,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from mmfv import hooks
+from mmfv import dist, hooks
 from mmfv.models.base import LMM
 from mmfv.prompts import Prompt
 
@@ -50,7 +50,10 @@ def mean_activations(
     hs = lmm.head_sets[head_set]
     total = torch.zeros(hs.n_layers, hs.n_heads, hs.head_dim, dtype=torch.float64)
     used = 0
-    for i in tqdm(range(0, len(prompts), batch_size), disable=not progress, desc="means", leave=False):
+    starts = list(range(0, len(prompts), batch_size))
+    # Under torchrun each process takes whole batches (so every batch is the one a single process
+    # would run) and the sums are reduced at the end.
+    for i in tqdm([starts[j] for j in dist.shard(len(starts))], disable=not progress, desc="means", leave=False):
         batch = lmm.encode(prompts[i : i + batch_size])
         with hooks.read_heads(lmm, head_set=head_set) as store:
             logits = lmm.last_logits(batch)
@@ -62,6 +65,8 @@ def mean_activations(
             raise ActivationError(f"non-finite head activations in prompts {i}..{i + batch.size - 1}: check the model's dtype and inputs")
         total += acts[keep].sum(0)
         used += int(keep.sum())
+    total = dist.all_sum(total)
+    used = int(dist.all_sum(torch.tensor(used)))
     if used == 0:
         raise ActivationError("no prompt qualified for the mean (only_correct=True and the model answered none correctly)")
     return (total / used).float(), used
@@ -172,8 +177,10 @@ def run_cma(
     checkpoint: str | os.PathLike | None = None,
     head_set: str = "self",
     progress: bool = False,
+    means: tuple[torch.Tensor, int] | None = None,
 ) -> CMAResult:
-    """Means over clean prompts, then IE of every head on each corrupted prompt.
+    """Means over clean prompts (or the given ``(means, n_mean)``), then IE of every head on each
+    corrupted prompt.
 
     With ``checkpoint``, the IEs are saved after every prompt batch (atomically) and a rerun resumes
     from them; a checkpoint from other prompts, engine or model is refused, never mixed in.
@@ -185,7 +192,9 @@ def run_cma(
         raise ValueError(f"CMA runs one relation at a time; got {sorted(relations)}")
     if any(p.kind != "corrupted" for p in corrupted_prompts):
         raise ValueError("CMA measures effects on corrupted prompts: build them with kind='corrupted'")
-    means, n_mean = mean_activations(lmm, mean_prompts, batch_size=max(batch_size, 16), only_correct=only_correct, head_set=head_set, progress=progress)
+    if means is None:
+        means = mean_activations(lmm, mean_prompts, batch_size=max(batch_size, 16), only_correct=only_correct, head_set=head_set, progress=progress)
+    means, n_mean = means
     hs = lmm.head_sets[head_set]
     N = len(corrupted_prompts)
     ie = torch.zeros(N, hs.n_layers, hs.n_heads)
@@ -204,17 +213,27 @@ def run_cma(
         ie[:done] = st["ie"][:done]
     bar = tqdm(total=N, initial=done, disable=not progress, desc=f"cma {engine}", leave=False)
     step = batch_size if engine == "fast" else 1
-    while done < N:
-        chunk = corrupted_prompts[done : done + step]
-        if engine == "fast":
-            ie[done : done + len(chunk)] = ie_fast(lmm, chunk, means, heads_per_batch, head_set)
-        else:
-            ie[done] = ie_reference(lmm, chunk[0], means, head_set)
-        if not torch.isfinite(ie[done : done + len(chunk)]).all():
-            raise ActivationError(f"non-finite indirect effects at prompt {done}: check the model's dtype")
-        done += len(chunk)
-        bar.update(len(chunk))
-        if ck:
+    # Chunks start at multiples of `step` (a resumed run batches exactly like an uninterrupted one);
+    # under torchrun each round gives one chunk to each process and gathers the rows.
+    chunks = [(s, min(s + step, N)) for s in range(done, N, step)]
+    W = dist.world()
+    for i in range(0, len(chunks), W):
+        rnd = chunks[i : i + W]
+        part = torch.zeros(N, hs.n_layers, hs.n_heads)
+        if dist.rank() < len(rnd):
+            s, e = rnd[dist.rank()]
+            if engine == "fast":
+                part[s:e] = ie_fast(lmm, corrupted_prompts[s:e], means, heads_per_batch, head_set)
+            else:
+                part[s] = ie_reference(lmm, corrupted_prompts[s], means, head_set)
+        part = dist.all_sum(part) if W > 1 else part
+        s0, e1 = rnd[0][0], rnd[-1][1]
+        ie[s0:e1] = part[s0:e1]
+        if not torch.isfinite(ie[s0:e1]).all():
+            raise ActivationError(f"non-finite indirect effects in prompts {s0}..{e1 - 1}: check the model's dtype")
+        bar.update(e1 - done)
+        done = e1
+        if ck and dist.is_main():
             ck.parent.mkdir(parents=True, exist_ok=True)
             tmp = ck.with_name(ck.name + ".tmp")
             torch.save({"fingerprint": json.dumps(fp), "done": torch.tensor(done), "ie": ie}, tmp)

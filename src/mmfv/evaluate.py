@@ -41,14 +41,16 @@ def correct(
 
     ``context(batch_size)`` may return a hook context (e.g. adding a vector) entered per batch.
     """
-    out = []
-    it = range(0, len(prompts), batch_size)
-    for i in tqdm(it, disable=not progress, desc="eval", leave=False):
+    from mmfv import dist
+
+    out = torch.zeros(len(prompts), dtype=torch.long)
+    starts = list(range(0, len(prompts), batch_size))
+    for i in tqdm([starts[j] for j in dist.shard(len(starts))], disable=not progress, desc="eval", leave=False):
         batch = lmm.encode(prompts[i : i + batch_size])
         with (context(batch.size) if context else nullcontext()):
             pred = lmm.predict(batch)
-        out.append(pred.cpu() == batch.answer_ids.cpu())
-    return torch.cat(out)
+        out[i : i + batch.size] = (pred.cpu() == batch.answer_ids.cpu()).long()
+    return dist.all_sum(out).bool()
 
 
 def summarize(c: torch.Tensor) -> dict:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from mmfv import evaluate, hooks
+from mmfv import dist, evaluate, hooks
 from mmfv.cma import prompts_fingerprint
 from mmfv.models.base import LMM
 from mmfv.prompts import Prompt
@@ -120,7 +120,7 @@ def finetune(
         curve.append({"epoch": epoch + 1, "train_loss": round(sum(losses) / len(losses), 5), "val_acc": val_acc})
         if val_acc > best[0]:
             best = (val_acc, epoch + 1, vec.detach().clone())
-        if ck:
+        if ck and dist.is_main():
             ck.parent.mkdir(parents=True, exist_ok=True)
             tmp = ck.with_name(ck.name + ".tmp")
             torch.save({"fingerprint": fp, "vec": vec.detach(), "opt": opt.state_dict(), "sched": sched.state_dict(),

@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from mmfv import cma, evaluate, plots
 from mmfv import prompts as P
 from mmfv import relations as R
 from mmfv import vectors as V
 from mmfv.data import synthetic
-from mmfv.io import read_json, write_json
+from mmfv.io import read_json, write_json, write_safetensors
 from mmfv.models.base import LMM
 
 
@@ -45,10 +45,7 @@ class DataSettings:
 def save_cma(res: cma.CMAResult, lmm: LMM, folder: Path) -> None:
     meta = {"relation": res.relation, "engine": res.engine, "n_mean": str(res.n_mean), "head_set": res.head_set,
             "model_id": lmm.model_id, "config_hash": lmm.config_hash()}
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{res.relation}.safetensors.tmp"
-    save_file({"means": res.means.contiguous(), "ie": res.ie.contiguous()}, str(tmp), metadata=meta)
-    tmp.replace(folder / f"{res.relation}.safetensors")
+    write_safetensors(folder / f"{res.relation}.safetensors", {"means": res.means, "ie": res.ie}, meta)
 
 
 def load_cma(folder: str | Path, relation: str) -> cma.CMAResult:
@@ -63,11 +60,39 @@ def load_cma(folder: str | Path, relation: str) -> cma.CMAResult:
     return cma.CMAResult(meta["relation"], t["means"], t["ie"], int(meta["n_mean"]), meta["engine"], meta.get("head_set", "self"))
 
 
+def means_stage(lmm: LMM, data: DataSettings, relations: Sequence[str], out: Path, n_mean: int = 100, shots: int = 5,
+                only_correct: bool = False, batch_size: int = 32, progress: bool = False) -> dict:
+    """Mean head activations over clean ``eval`` prompts: ``<out>/<rel>.safetensors`` (means, n)."""
+    out = Path(out)
+    items = data.items(lmm, "eval", R.CARDINAL if set(relations) <= set(R.CARDINAL) else relations)
+    res = {}
+    for rel in relations:
+        clean = P.build("clean", items[rel], items, shots, n_mean, data.seed)
+        m, n = cma.mean_activations(lmm, clean, batch_size, only_correct, progress=progress)
+        write_safetensors(out / f"{rel}.safetensors", {"means": m}, {"n": str(n), "relation": rel, "config_hash": lmm.config_hash()})
+        res[rel] = {"n_used": n, "n_prompts": len(clean), "shots": shots, "only_correct": only_correct, "mean_norm": round(float(m.norm()), 5)}
+    write_json(out / "results.json", {"model": lmm.model_id, "relations": res})
+    return res
+
+
+def load_means(folder: str | Path, relation: str) -> tuple[torch.Tensor, int]:
+    path = Path(folder) / f"{relation}.safetensors"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run the means stage for {relation} first")
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        n = int(f.metadata()["n"])
+    return load_file(str(path))["means"], n
+
+
 def cma_stage(
     lmm: LMM, data: DataSettings, relations: Sequence[str], out: Path, n_mean: int = 100, n_cma: int = 25, shots: int = 5,
     engine: str = "fast", top_k: int = 10, batch_size: int = 8, only_correct: bool = False, progress: bool = False,
+    means_dir: Path | None = None,
 ) -> dict:
-    """Means on clean ``eval`` prompts, IE on corrupted ones, per relation; heatmaps; results.json."""
+    """IE on corrupted ``eval`` prompts per relation (means from ``means_dir`` or computed on clean
+    ``eval`` prompts); heatmaps; results.json."""
     out = Path(out)
     items = data.items(lmm, "eval", R.CARDINAL if set(relations) <= set(R.CARDINAL) else relations)
     results = {}
@@ -76,7 +101,8 @@ def cma_stage(
         clean = P.build("clean", items[rel], items, shots, n_mean, data.seed)
         corrupt = P.build("corrupted", items[rel], items, shots, n_cma, data.seed + 1)
         res = cma.run_cma(lmm, clean, corrupt, engine=engine, batch_size=batch_size, only_correct=only_correct,
-                          checkpoint=out / "checkpoints" / f"{rel}.pt", progress=progress)
+                          checkpoint=out / "checkpoints" / f"{rel}.pt", progress=progress,
+                          means=load_means(means_dir, rel) if means_dir else None)
         save_cma(res, lmm, out)
         top = res.top_heads(top_k)
         plots.aie_heatmap(res.aie, top, f"AIE, {rel} ({lmm.model_id}); top {top_k} boxed", out / f"aie_{rel}.png")
@@ -109,7 +135,7 @@ def extract_stage(lmm: LMM, cma_dir: Path, relations: Sequence[str], k: int, out
 def eval_stage(
     lmm: LMM, data: DataSettings, fvs: dict[str, V.FunctionVector], out: Path, n_eval: int = 200,
     cma_dir: Path | None = None, head_counts: Sequence[int] = tuple(range(1, 21)), shots: Sequence[int] = (0, 1, 2, 4, 8),
-    batch_size: int = 64, progress: bool = False,
+    batch_size: int = 64, progress: bool = False, icl_results: dict | None = None,
 ) -> dict:
     """Zero-shot accuracy with/without each FV: layer sweep on ``val``, the chosen layer on ``test``;
     head-count sweep (needs the CMA folder) and context-size sweep (ICL by shots) on ``test``."""
@@ -136,7 +162,7 @@ def eval_stage(
             max_k = lmm.n_layers * lmm.n_heads
             ks = [k for k in head_counts if k <= max_k]
             r["head_count"] = {str(k): evaluate.accuracy(lmm, zs_test, V.build(lmm, cres.means, cres.top_heads(k), rel).vector, best, batch_size)["acc"] for k in ks}
-        icl = evaluate.icl(lmm, {rel: test[rel]}, test, shots, n_eval, kinds=("clean",), seed=data.seed, batch_size=batch_size)
+        icl = icl_results or evaluate.icl(lmm, {rel: test[rel]}, test, shots, n_eval, kinds=("clean",), seed=data.seed, batch_size=batch_size)
         r["icl_by_shots"] = {k: icl["clean"][k][rel]["acc"] for k in icl["clean"]}
         res["relations"][rel] = r
         if progress:
@@ -152,7 +178,7 @@ def eval_stage(
         hc = {r: list(res["relations"][r]["head_count"].values()) for r in rels}
         plots.curves(hc, [int(k) for k in next(iter(res["relations"].values()))["head_count"]], "heads in the FV (k)", "zero-shot accuracy (test)",
                      "FV head-count sweep", out / "head_count.png")
-    plots.curves({r: list(res["relations"][r]["icl_by_shots"].values()) for r in rels}, [int(s) for s in shots], "demonstrations (k)", "accuracy (test)",
+    plots.curves({r: list(res["relations"][r]["icl_by_shots"].values()) for r in rels}, [int(k) for k in next(iter(res["relations"].values()))["icl_by_shots"]], "demonstrations (k)", "accuracy (test)",
                  "ICL by context size (FV: dashed)", out / "context_size.png", hlines={"FV mean": res["mean"]["fv"]})
     write_json(out / "results.json", {"model": lmm.model_id, "n_eval": n_eval, **res})
     return res

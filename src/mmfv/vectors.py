@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from mmfv import __version__
 from mmfv.models.base import LMM
@@ -88,12 +88,9 @@ class FunctionVector:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Safetensors with the provenance as JSON metadata; written atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file({"vector": self.vector.detach().float().contiguous().cpu()}, str(tmp), metadata={"mmfv": json.dumps(self.provenance, sort_keys=True)})
-        os.replace(tmp, path)
-        return path
+        from mmfv.io import write_safetensors
+
+        return write_safetensors(path, {"vector": self.vector.float()}, {"mmfv": json.dumps(self.provenance, sort_keys=True)})
 
     @staticmethod
     def load(path: str | os.PathLike, lmm: LMM | None = None) -> "FunctionVector":
