@@ -46,6 +46,7 @@ class TrainConfig:
     easy_start: float = 0.0  # share of items whose image shows only the query and the answer object ...
     easy_end: float = 0.0  # ... fading linearly to this share at `easy_until` * steps
     easy_until: float = 0.5
+    easy_no_answer_loss: bool = False  # easy items teach relation reading only (their answer is trivial)
     eval_every: int = 250
     eval_sequences: int = 256
     seed: int = 0
@@ -135,6 +136,7 @@ def make_batch(bank: SceneBank, B: int, n_items: int, explicit: bool, gen: torch
     a_off = P + (4 if explicit else 3)  # index of "A:" inside an item
     ans_pos = 1 + torch.arange(n_items) * L_item + a_off  # (n,) positions whose next token is the answer
     px, cells = bank.images(idx.flatten()), bank.cells[idx]
+    is_easy = torch.zeros(B, n_items, dtype=torch.bool)
     if easy > 0:
         # "Easy" items: every cell but the query's and the answer's is blanked (image and labels).
         is_easy = torch.rand(B, n_items, generator=gen) < easy  # (B, n)
@@ -149,7 +151,7 @@ def make_batch(bank: SceneBank, B: int, n_items: int, explicit: bool, gen: torch
         c = bank.cell_px
         m = keep.view(B * n_items, 1, g, 1, g, 1).expand(-1, 3, g, c, g, c).reshape(px.shape)
         px = torch.where(m, px, bank.background)
-    return ids, px, ans_pos, a, rel, cells
+    return ids, px, ans_pos, a, rel, cells, is_easy
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -172,11 +174,16 @@ def easy_share(step: int, cfg: TrainConfig) -> float:
     return _fade(step, cfg, cfg.easy_start, cfg.easy_end, cfg.easy_until)
 
 
-def step_loss(model, ids, px, ans_pos, a, rel, cells, aux_weight: float, patch_weight: float = 0.0):
+def step_loss(model, ids, px, ans_pos, a, rel, cells, aux_weight: float, patch_weight: float = 0.0, answer_mask=None):
     feats = model.encode_images(px)
     out = model(input_ids=ids, image_features=feats, return_hidden=True)
     logits = out["logits"][:, ans_pos]  # (B, n, V)
-    lm = F.cross_entropy(logits.flatten(0, 1), a.flatten())
+    if answer_mask is None:
+        lm = F.cross_entropy(logits.flatten(0, 1), a.flatten())
+    else:  # only the answers in answer_mask (B, n) count
+        ce = F.cross_entropy(logits.flatten(0, 1), a.flatten(), reduction="none")
+        m = answer_mask.flatten().float()
+        lm = (ce * m).sum() / m.sum().clamp(min=1)
     if patch_weight:
         img = ids == IMG  # (B, T); patches in (item, cell) order, matching cells (B, n, grid²)
         patch_logits = out["logits"][img]  # (B*n*grid², V)
@@ -201,7 +208,7 @@ def evaluate_positions(model, bank, cfg, tok, P, explicit=False) -> dict:
     accs = []
     for start in range(0, cfg.eval_sequences, 64):
         B = min(64, cfg.eval_sequences - start)
-        ids, px, ans_pos, a, rel, cells = make_batch(bank, B, cfg.n_items, explicit, gen, tok, P)
+        ids, px, ans_pos, a, rel, cells, _ = make_batch(bank, B, cfg.n_items, explicit, gen, tok, P)
         _, _, acc, _ = step_loss(model, ids, px, ans_pos, a, rel, cells, 0.0)
         accs.append(acc)
     model.train()
@@ -254,8 +261,9 @@ def train(cfg: TrainConfig, out: str | Path, minutes: float | None = None, log=p
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
         explicit = erng.random() < explicit_share(step, cfg)
-        ids, px, ans_pos, a, rel, cells = make_batch(bank, cfg.batch, cfg.n_items, explicit, gen, tok, P, easy_share(step, cfg))
-        loss, lm, acc, aux_acc = step_loss(model, ids, px, ans_pos, a, rel, cells, cfg.aux_weight, cfg.patch_label_weight)
+        ids, px, ans_pos, a, rel, cells, is_easy = make_batch(bank, cfg.batch, cfg.n_items, explicit, gen, tok, P, easy_share(step, cfg))
+        mask = ~is_easy if cfg.easy_no_answer_loss else None
+        loss, lm, acc, aux_acc = step_loss(model, ids, px, ans_pos, a, rel, cells, cfg.aux_weight, cfg.patch_label_weight, mask)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
