@@ -50,6 +50,7 @@ class TrainConfig:
     eval_every: int = 250
     eval_sequences: int = 256
     seed: int = 0
+    init_from: str = ""  # start from this mmfv-tiny checkpoint folder (a further training stage)
     grid: int = 5
     cell_px: int = 10
     query_cells: str = "interior"
@@ -231,6 +232,13 @@ def train(cfg: TrainConfig, out: str | Path, minutes: float | None = None, log=p
         num_aux_relations=len(R.CARDINAL) if cfg.aux_weight else 0,
     )
     model = MmfvTinyForCausalLM(mcfg)
+    if cfg.init_from:
+        prev = MmfvTinyForCausalLM.from_pretrained(cfg.init_from)
+        arch = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "grid", "cell_px", "vocab_size")
+        if any(getattr(prev.config, k) != getattr(mcfg, k) for k in arch):
+            raise ValueError(f"--set init_from={cfg.init_from}: that checkpoint's architecture differs from this training config")
+        model.load_state_dict(prev.state_dict())
+        log(f"initialised from {cfg.init_from}")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     gen = torch.Generator().manual_seed(cfg.seed)
     t0 = time.time()
@@ -238,16 +246,17 @@ def train(cfg: TrainConfig, out: str | Path, minutes: float | None = None, log=p
     bank = build_bank(cfg, tok, cfg.bank, "train")
     ev_bank = build_bank(cfg, tok, max(400, cfg.eval_sequences * 2), "eval")
     log(f"banks ready in {time.time() - t0:.1f}s; model {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params")
-    step, history = 0, []
+    step, history, done_minutes = 0, [], 0.0
     state_path = out / "state.pt"
     if state_path.exists():
         st = torch.load(state_path, weights_only=False)
-        if st["train_config"] != asdict(cfg):
+        if {**asdict(TrainConfig()), **st["train_config"]} != asdict(cfg):  # fields added later take their defaults
             raise ValueError(f"{state_path} was written by another training config: use another --out or delete it")
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["opt"])
         gen.set_state(st["gen"])
         step, history = st["step"], st["history"]
+        done_minutes = st.get("minutes", 0.0)
         log(f"resumed at step {step}")
     erng = random.Random(f"explicit:{cfg.seed}")
     for _ in range(step):
@@ -273,7 +282,7 @@ def train(cfg: TrainConfig, out: str | Path, minutes: float | None = None, log=p
         if step % cfg.eval_every == 0 or step == cfg.steps:
             ev = evaluate_positions(model, ev_bank, cfg, tok, P)
             rec = {
-                "step": step, "minutes": round((time.time() - t_start) / 60, 2), "lr": lr_at(step, cfg),
+                "step": step, "minutes": round(done_minutes + (time.time() - t_start) / 60, 2), "lr": lr_at(step, cfg),
                 "train_loss": round(run["loss"] / run["n"], 4), "train_aux_acc": round(run["aux"] / run["n"], 4),
                 "train_acc_by_k": [round(float(x), 3) for x in run["acc"] / run["n"]],
                 "explicit_share": round(explicit_share(step, cfg), 3), "easy_share": round(easy_share(step, cfg), 3), "eval_acc_by_k": ev["by_k"],
@@ -282,7 +291,7 @@ def train(cfg: TrainConfig, out: str | Path, minutes: float | None = None, log=p
             log(json.dumps(rec))
             run = {"loss": 0.0, "acc": torch.zeros(cfg.n_items), "aux": 0.0, "n": 0}
             tmp = state_path.with_suffix(".tmp")
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(), "step": step, "history": history, "train_config": asdict(cfg)}, tmp)
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(), "step": step, "history": history, "train_config": asdict(cfg), "minutes": done_minutes + (time.time() - t_start) / 60}, tmp)
             os.replace(tmp, state_path)
             model.save_pretrained(out)
             tok.save(out)
@@ -295,7 +304,7 @@ def train(cfg: TrainConfig, out: str | Path, minutes: float | None = None, log=p
         "steps_done": step,
         "params": sum(p.numel() for p in model.parameters()),
         "history": history,
-        "train_minutes": round((time.time() - t_start) / 60, 2),
+        "train_minutes": round(done_minutes + (time.time() - t_start) / 60, 2),
     }
     with open(out / "card.json", "w") as f:
         json.dump(card, f, indent=1)
