@@ -143,7 +143,7 @@ def _draw(pool: Sequence[Item], k: int, exclude: set[str], rng: random.Random, w
 
 def clean(query: Item, pool: Sequence[Item], k: int, rng: random.Random) -> Prompt:
     """k demonstrations of the query's relation, drawn from ``pool`` (never the query's image)."""
-    R.get(query.relation)
+    R.check(query.relation)
     if k < 0:
         raise PromptError(f"k must be >= 0, got {k}")
     wrong = [it for it in pool if it.relation != query.relation]
@@ -163,7 +163,7 @@ def corrupted(
     ``pools`` maps relation -> items; every relation but the query's is used, cycled in a random
     order so they appear about equally often. Each demo is a real image/answer pair; none shows r.
     """
-    R.get(query.relation)
+    R.check(query.relation)
     if k < 0:
         raise PromptError(f"k must be >= 0, got {k}")
     others = [r for r in pools if r != query.relation and len(pools[r]) > 0]
@@ -187,7 +187,7 @@ def corrupted(
 
 def zero_shot(query: Item) -> Prompt:
     """The query alone."""
-    R.get(query.relation)
+    R.check(query.relation)
     return Prompt((), query, "zero-shot")
 
 

@@ -45,6 +45,13 @@ SPATIAL: tuple[str, ...] = CARDINAL + NOVEL
 VERTICAL: tuple[str, ...] = ("above", "below")
 HORIZONTAL: tuple[str, ...] = ("left", "right")
 
+NON_SPATIAL: tuple[str, ...] = (
+    "holding", "riding", "sitting_on", "standing_on", "lying_on", "walking_on", "hanging_on", "wearing",
+    "carrying", "eating", "drinking", "playing_with", "looking_at", "touching", "using", "covering",
+    "pulling", "pushing", "throwing", "catching", "feeding", "watching", "driving", "flying",
+)
+"""Scene-graph (GQA) relations without geometry, named lower_case_with_underscores."""
+
 # Scene-graph phrases (GQA, VSR) that name one of our spatial relations.
 PHRASE_ALIASES: dict[str, str] = {
     "above": "above",
@@ -75,6 +82,15 @@ def get(name: str) -> Relation:
         raise UnknownRelationError(
             f"unknown relation {name!r}: choose one of {', '.join(SPATIAL)}"
         ) from None
+
+
+def check(name: str) -> str:
+    """Accept a spatial or a known non-spatial relation name; one-line error otherwise."""
+    if name in _SPATIAL or name in NON_SPATIAL:
+        return name
+    raise UnknownRelationError(
+        f"unknown relation {name!r}: spatial relations are {', '.join(SPATIAL)}; non-spatial ones are {', '.join(NON_SPATIAL)}"
+    )
 
 
 def validate(names: list[str] | tuple[str, ...], allowed: tuple[str, ...] = SPATIAL) -> list[str]:

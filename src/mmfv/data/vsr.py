@@ -1,0 +1,249 @@
+"""Relation items from Visual Spatial Reasoning (VSR, Liu et al. 2023; real COCO images).
+
+Input: VSR JSONL files (github.com/cambridgeltl/visual-spatial-reasoning, ``data/splits/*/*.jsonl``
+or ``data/data_files/all_vsr_validated_data.jsonl``), one JSON object per line::
+
+    {"image": "000000050403.jpg", "image_link": "http://images.cocodataset.org/train2017/000000050403.jpg",
+     "caption": "The teddy bear is in front of the person.", "label": 1, "relation": "in front of",
+     "annotator_id": 31, "vote_true_validator_id": "[2, 6]", "vote_false_validator_id": "[]"}
+
+``label`` 1 = the caption is true of the image, 0 = false; only true rows become items. The
+``random`` split and ``data_files`` rows carry a ``reference_frame`` field (left/right relations
+only) and no subject/object fields; the ``zeroshot`` split adds ``subj`` and ``obj``. Captions
+follow the template "The <subj> [is|are] <relation> the <obj>." in every row of the released
+data, so the subject and object are read from the caption; ``subj`` / ``obj`` are only a fallback,
+because the released ``subj`` has lost its leading letters for some names ("orse" for "horse",
+"andbag" for "handbag": ``str.lstrip("The ")``). Images live at ``<image_dir>/<image>``.
+
+**Direction.** "The cat is left of the dog." says *subj cat is left of obj dog*. An mmfv
+:class:`~mmfv.prompts.Item` reads "the answer stands in ``relation`` to the query", so the item is
+``query = obj = dog``, ``answer = subj = cat``, ``relation = "left"``.
+
+Relation phrases map through :func:`mmfv.relations.from_phrase` ("left of", "at the left side of"
+-> ``left``; "on top of", "over" -> ``above``; "under", "beneath" -> ``below``); other phrases keep
+their own snake-case name ("in front of" -> ``in_front_of``) and are used only when asked for.
+Splits are by image (a hash of seed and image id, shared with :mod:`mmfv.data.gqa`): the original
+VSR splits are by caption and share images, so they are merged and re-split.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import defaultdict
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from mmfv import prompts as P
+from mmfv import relations as R
+from mmfv.data.gqa import (
+    DEFAULT_FRACTIONS,
+    SPLITS,
+    _fractions,
+    _keep_per_image,
+    _stable_key,
+    check_images,
+    relation_name,
+    split_items,
+)
+
+__all__ = [
+    "DEFAULT_FRACTIONS",
+    "SPLITS",
+    "build_items",
+    "items",
+    "load_rows",
+    "parse_caption",
+    "subject_object",
+]
+
+PathLike = str | os.PathLike
+REQUIRED_KEYS: tuple[str, ...] = ("image", "caption", "label", "relation")
+_TRUE = {"1", "true"}
+_FALSE = {"0", "false"}
+
+
+def _paths(jsonl: PathLike | Sequence[PathLike]) -> tuple[Path, ...]:
+    if isinstance(jsonl, (str, os.PathLike)):
+        return (Path(jsonl),)
+    out = tuple(Path(p) for p in jsonl)
+    if not out:
+        raise ValueError("no VSR file given: pass one or more VSR .jsonl files")
+    return out
+
+
+def _label(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return value == 1
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ValueError(f"{where}: 'label' must be 0 or 1 (False / True), got {value!r}")
+
+
+def load_rows(jsonl: PathLike | Sequence[PathLike]) -> list[dict[str, Any]]:
+    """Read and validate VSR JSONL file(s); every row gets a bool ``label``.
+
+    Raises FileNotFoundError for a missing file and a one-line ValueError naming the file, line and
+    problem for a line that is not a JSON object or lacks a required key.
+    """
+    rows: list[dict[str, Any]] = []
+    for path in _paths(jsonl):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: pass VSR .jsonl files (e.g. data/splits/random/train.jsonl)")
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{lineno}"
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{where}: not a JSON object ({e.msg}); VSR files hold one JSON object per line") from None
+                if not isinstance(row, dict):
+                    raise ValueError(f"{where}: expected a JSON object per line, got {type(row).__name__}")
+                for key in REQUIRED_KEYS:
+                    if key not in row:
+                        raise ValueError(f"{where}: missing key {key!r} (a VSR row has {', '.join(REQUIRED_KEYS)})")
+                for key in ("image", "caption", "relation"):
+                    if not isinstance(row[key], str) or not row[key].strip():
+                        raise ValueError(f"{where}: {key!r} must be a non-empty string, got {row[key]!r}")
+                rows.append({**row, "label": _label(row["label"], where)})
+    return rows
+
+
+def parse_caption(caption: str, relation: str) -> tuple[str, str] | None:
+    """(subject, object) of a templated VSR caption, lower-cased, or None if it does not fit.
+
+    ``parse_caption("The cat is left of the dog.", "left of") == ("cat", "dog")``.
+    """
+    m = re.fullmatch(
+        rf"\s*the\s+(.+?)\s+(?:(?:is|are)\s+)?{re.escape(relation.strip())}\s+the\s+(.+?)\s*\.?\s*",
+        caption,
+        flags=re.IGNORECASE,
+    )
+    if m is None:
+        return None
+    return " ".join(m.group(1).lower().split()), " ".join(m.group(2).lower().split())
+
+
+def subject_object(row: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(subject, object) of a row: from the caption, else from its ``subj`` / ``obj`` fields."""
+    parsed = parse_caption(row["caption"], row["relation"])
+    if parsed is not None:
+        return parsed
+    subj, obj = row.get("subj"), row.get("obj")
+    if isinstance(subj, str) and isinstance(obj, str) and subj.strip() and obj.strip():
+        return " ".join(subj.lower().split()), " ".join(obj.lower().split())
+    return None
+
+
+def _describe(relations: Sequence[str], unique: bool, max_per_image: int | None) -> str:
+    per = "all" if max_per_image is None else max_per_image
+    return f"relations={','.join(relations)}, label=1 only, unique={unique}, max_per_image={per}"
+
+
+def build_items(
+    rows: Sequence[Mapping[str, Any]],
+    image_dir: PathLike,
+    relations: Sequence[str] = R.CARDINAL,
+    *,
+    unique: bool = True,
+    max_per_image: int | None = 1,
+    check: bool = True,
+) -> dict[str, list[P.Item]]:
+    """relation -> items from loaded VSR rows (see :func:`load_rows`).
+
+    A true row "The S is r the O." gives Item(query=O, answer=S, relation=r). With ``unique`` a
+    (image, query, relation) whose true rows name more than one answer is dropped as ambiguous.
+    ``candidates`` are all object names any row mentions for that image. Raises a one-line
+    ValueError when a relation has no item, and (with ``check``) FileNotFoundError for missing
+    images.
+    """
+    if isinstance(relations, str):
+        raise ValueError(f"relations must be a list of names, got the string {relations!r}")
+    wanted = tuple(dict.fromkeys(relation_name(r) for r in relations))
+    if not wanted:
+        raise ValueError("relations must name at least one relation")
+    if max_per_image is not None and max_per_image < 1:
+        raise ValueError(f"max_per_image must be >= 1 or None, got {max_per_image}")
+    folder = Path(image_dir)
+
+    names: dict[str, set[str]] = defaultdict(set)  # image id -> object names mentioned
+    files: dict[str, str] = {}
+    answers: dict[tuple[str, str, str], set[str]] = defaultdict(set)  # (image, relation, query) -> answers
+    for row in rows:
+        so = subject_object(row)
+        if so is None:
+            continue
+        iid = Path(row["image"]).stem
+        files[iid] = row["image"]
+        names[iid].update(so)
+        r = relation_name(row["relation"])
+        if row["label"] and r in wanted:
+            subj, obj = so
+            answers[(iid, r, obj)].add(subj)
+
+    found: dict[str, list[tuple[bytes, P.Item]]] = {r: [] for r in wanted}
+    for (iid, r, query), ans in sorted(answers.items()):
+        ans = ans - {query}
+        if not ans or (unique and len(ans) != 1):
+            continue
+        for a in sorted(ans):
+            item = P.Item(iid, query, a, r, str(folder / files[iid]), tuple(sorted(names[iid])))
+            found[r].append((_stable_key(iid, r, query, a), item))
+    out = {r: _keep_per_image(found[r], max_per_image) for r in wanted}
+    for r, its in out.items():
+        if not its:
+            raise ValueError(
+                f"relation {r!r}: no VSR items after filtering {len(rows)} rows "
+                f"({_describe(wanted, unique, max_per_image)}); drop the relation or add data"
+            )
+    if check:
+        check_images((it.image for its in out.values() for it in its), folder)
+    return out
+
+
+@lru_cache(maxsize=4)
+def _cached(
+    paths: tuple[str, ...], image_dir: str, relations: tuple[str, ...], unique: bool, max_per_image: int | None, check: bool
+) -> dict[str, tuple[P.Item, ...]]:
+    built = build_items(load_rows(paths), image_dir, relations, unique=unique, max_per_image=max_per_image, check=check)
+    return {r: tuple(its) for r, its in built.items()}
+
+
+def items(
+    split: str,
+    jsonl: PathLike | Sequence[PathLike],
+    image_dir: PathLike,
+    relations: Sequence[str] = R.CARDINAL,
+    *,
+    seed: int = 0,
+    fractions: Mapping[str, float] | None = None,
+    unique: bool = True,
+    max_per_image: int | None = 1,
+    check: bool = True,
+) -> dict[str, list[P.Item]]:
+    """relation -> items of ``split`` from VSR JSONL file(s), re-split by image (cached per arguments)."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}: choose from {', '.join(SPLITS)}")
+    if isinstance(relations, str):
+        raise ValueError(f"relations must be a list of names, got the string {relations!r}")
+    fr = _fractions(fractions)
+    paths = tuple(str(Path(p).resolve()) for p in _paths(jsonl))
+    rels = tuple(dict.fromkeys(relation_name(r) for r in relations))
+    built = _cached(paths, str(Path(image_dir).resolve()), rels, unique, max_per_image, check)
+    per_split = split_items(built, seed, dict(fr))
+    if split not in per_split:
+        raise ValueError(f"split {split!r} has fraction 0: give it a share in fractions")
+    out = per_split[split]
+    for r, its in out.items():
+        if not its:
+            raise ValueError(
+                f"relation {r!r}: no VSR items in split {split!r} ({len(built[r])} over all splits, "
+                f"fractions {dict(fr)}, seed {seed}; {_describe(rels, unique, max_per_image)}); use more data"
+            )
+    return out
