@@ -30,28 +30,28 @@ from mmfv.models.tiny.tokenizer import A, BOS, DOT, EOC, IMG, PAD, Q, TinyTokeni
 
 @dataclass
 class TrainConfig:
-    steps: int = 6000
+    steps: int = 3000
     batch: int = 32
-    lr: float = 1e-3
+    lr: float = 2e-3
     min_lr_ratio: float = 0.05
     warmup: int = 200
     weight_decay: float = 0.01
     n_items: int = 9  # k = 0..8 demonstrations before each answer
-    bank: int = 20000  # distinct training scenes, rendered once
+    bank: int = 8000  # distinct training scenes, rendered once
     aux_weight: float = 1.0  # auxiliary relation-prediction loss at demo answer tokens (0 = off)
     patch_label_weight: float = 1.0  # each image patch predicts its own object's name (vision stage)
     explicit_start: float = 0.0  # share of explicit-relation batches at step 0 ...
     explicit_end: float = 0.0  # ... fading linearly to this share at `explicit_until` * steps
     explicit_until: float = 0.5
-    easy_start: float = 0.0  # share of items whose image shows only the query and the answer object ...
+    easy_start: float = 1.0  # share of items whose image shows only the query and the answer object ...
     easy_end: float = 0.0  # ... fading linearly to this share at `easy_until` * steps
-    easy_until: float = 0.5
-    easy_no_answer_loss: bool = False  # easy items teach relation reading only (their answer is trivial)
-    eval_every: int = 250
-    eval_sequences: int = 256
+    easy_until: float = 0.6
+    easy_no_answer_loss: bool = True  # easy items teach relation reading only (their answer is trivial)
+    eval_every: int = 100
+    eval_sequences: int = 128
     seed: int = 0
     init_from: str = ""  # start from this mmfv-tiny checkpoint folder (a further training stage)
-    grid: int = 5
+    grid: int = 4
     cell_px: int = 10
     query_cells: str = "interior"
     hidden_size: int = 128
