@@ -157,3 +157,14 @@ def test_hooks_fail_loudly(lmm, batch):
     with pytest.raises(hooks.HookError, match="never ran"):
         with hooks.read_heads(lmm, layers=[0]):
             pass  # no forward: the hook matched nothing
+
+
+def test_shipped_mmfv_tiny_loads_and_learns_in_context():
+    """The packaged weights: load by name, card present, and accuracy rises with demonstrations."""
+    from mmfv.evaluate import icl
+
+    lmm = load_model("tiny")
+    assert lmm.card.get("name") == "mmfv-tiny" and "icl_test" in lmm.card
+    data = synthetic.items("test", 300, RELS, seed=0, config=lmm.scene_config())
+    res = icl(lmm, data, data, [0, 8], 50, kinds=("clean",))
+    assert res["clean"]["8"]["mean"]["acc"] > res["clean"]["0"]["mean"]["acc"] + 0.3
