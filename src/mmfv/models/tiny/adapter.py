@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from mmfv.models.base import LMM, Batch, Prefix
-from mmfv.models.tiny.modeling import MmfvTinyConfig, MmfvTinyForCausalLM
+from mmfv.models.tiny.modeling import MmfvTinyConfig, MmfvTinyForCausalLM, image_groups_of
 from mmfv.models.tiny.tokenizer import BOS, PAD, TinyTokenizer
 from mmfv.models.tiny.train import pixels_of
 from mmfv.prompts import FLAMINGO, Prompt
@@ -144,7 +144,8 @@ class TinyLMM(LMM):
         ids, mask = inp["input_ids"], inp["attention_mask"]
         embeds = self.module.model.embed(ids, inp["image_features"])  # (B, T, D)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.module(inputs_embeds=embeds[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1], use_cache=True)
+        groups = image_groups_of(ids[:, :-1], self.config.image_token_id)
+        out = self.module(inputs_embeds=embeds[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1], use_cache=True, image_groups=groups)
         last = {"inputs_embeds": embeds[:, -1:], "attention_mask": mask, "position_ids": pos[:, -1:]}
         return Prefix(out["past_key_values"], last, batch.size)
 

@@ -34,6 +34,7 @@ class MmfvTinyConfig(PretrainedConfig):
         num_aux_relations: int = 0,
         rope_theta: float = 10000.0,
         tie_embeddings: bool = True,
+        image_attention: str = "causal",
         **kwargs,
     ) -> None:
         self.vocab_size = vocab_size
@@ -48,6 +49,9 @@ class MmfvTinyConfig(PretrainedConfig):
         self.num_aux_relations = num_aux_relations
         self.rope_theta = rope_theta
         self.tie_embeddings = tie_embeddings
+        # "local": an image's patch tokens attend only to patches of the same image (as if encoded by
+        # a separate vision encoder), so everything relational happens at text positions.
+        self.image_attention = image_attention
         super().__init__(**kwargs)
 
     @property
@@ -71,6 +75,13 @@ def _rope(x: torch.Tensor, pos: torch.Tensor, theta: float) -> torch.Tensor:
     cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
     x1, x2 = x[..., 0::2], x[..., 1::2]
     return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+
+
+def image_groups_of(input_ids: torch.Tensor, image_token_id: int) -> torch.Tensor:
+    """(B, T) image number (1, 2, …) of each image-patch token, 0 for text tokens."""
+    is_img = input_ids == image_token_id
+    start = is_img & ~torch.cat([torch.zeros_like(is_img[:, :1]), is_img[:, :-1]], dim=1)
+    return start.long().cumsum(-1) * is_img.long()
 
 
 class Attention(nn.Module):
@@ -190,8 +201,10 @@ class MmfvTinyModel(nn.Module):
             x = x.masked_scatter(is_img[..., None], image_features.reshape(-1, x.shape[-1]).to(x.dtype))
         return x
 
-    def forward(self, inputs_embeds, position_ids, attention_mask=None, past_key_values=None):
-        """inputs_embeds: (B, T, D); position_ids: (B, T); attention_mask: (B, S) 1 = real token.
+    def forward(self, inputs_embeds, position_ids, attention_mask=None, past_key_values=None, image_groups=None):
+        """inputs_embeds: (B, T, D); position_ids: (B, T); attention_mask: (B, S) 1 = real token;
+        image_groups: (B, S) image number (1, 2, …) of each patch token, 0 for text (for "local"
+        image attention; the new tokens are the last T of S).
 
         Returns the final hidden states (B, T, D) and the new per-layer (k, v) cache.
         """
@@ -200,6 +213,10 @@ class MmfvTinyModel(nn.Module):
         S = P + T
         causal = torch.ones(T, S, dtype=torch.bool, device=inputs_embeds.device).tril(P)
         mask = causal[None, None].expand(B, 1, T, S)
+        if image_groups is not None:
+            gq = image_groups[:, P:S]  # (B, T) groups of the new tokens
+            same = gq[:, :, None] == image_groups[:, None, :S]  # (B, T, S)
+            mask = mask & (same | (gq[:, :, None] == 0))[:, None]
         if attention_mask is not None:
             # Padding keys are hidden; every token still sees itself so padded rows stay finite.
             self_ = torch.zeros(T, S, dtype=torch.bool, device=inputs_embeds.device)
@@ -251,6 +268,7 @@ class MmfvTinyForCausalLM(PreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool = False,
         return_hidden: bool = False,
+        image_groups: torch.Tensor | None = None,
     ):
         """Logits (B, T, V) for ``input_ids`` (B, T).
 
@@ -271,7 +289,14 @@ class MmfvTinyForCausalLM(PreTrainedModel):
                 position_ids = torch.arange(P, P + T, device=inputs_embeds.device)[None].expand(B, T)
         if int(position_ids.max()) >= self.config.max_position_embeddings:
             raise ValueError(f"prompt of {int(position_ids.max()) + 1} tokens exceeds mmfv-tiny's context of {self.config.max_position_embeddings}: use fewer demonstrations")
-        h, cache = self.model(inputs_embeds, position_ids, attention_mask, past_key_values)
+        groups = None
+        if self.config.image_attention == "local":
+            if image_groups is None and input_ids is not None:
+                image_groups = image_groups_of(input_ids, self.config.image_token_id)
+            if image_groups is None and T > 1:
+                raise ValueError("local image attention needs input_ids or image_groups for multi-token inputs")
+            groups = image_groups
+        h, cache = self.model(inputs_embeds, position_ids, attention_mask, past_key_values, groups)
         logits = self.unembed(h)
         out = {"logits": logits}
         if use_cache:

@@ -58,6 +58,7 @@ class TrainConfig:
     layers: int = 6
     heads: int = 8
     intermediate_size: int = 512
+    image_attention: str = "causal"  # "local": patches attend only within their own image
 
     def scene_config(self) -> S.SceneConfig:
         return S.SceneConfig(grid=self.grid, cell_px=self.cell_px, query_cells=self.query_cells)
@@ -229,7 +230,7 @@ def train(cfg: TrainConfig, out: str | Path, minutes: float | None = None, log=p
         num_attention_heads=cfg.heads, intermediate_size=cfg.intermediate_size,
         max_position_embeddings=max(512, 1 + (cfg.n_items + 8) * (P + 8)),
         grid=scfg.grid, cell_px=scfg.cell_px, image_token_id=IMG,
-        num_aux_relations=len(R.CARDINAL) if cfg.aux_weight else 0,
+        num_aux_relations=len(R.CARDINAL) if cfg.aux_weight else 0, image_attention=cfg.image_attention,
     )
     model = MmfvTinyForCausalLM(mcfg)
     if cfg.init_from:
