@@ -146,6 +146,8 @@ def _compose(ctx: Context) -> None:
 def _report(ctx: Context) -> None:
     from mmfv.report import build_report
 
+    if not dist.is_main():  # the report reads back the files it writes, which only rank 0 does
+        return
     path = build_report(ctx.out, ctx.lmm)
     log.info("report: %s", path)
 
@@ -235,8 +237,8 @@ def run(cfg: C.Config, out: Path | None = None, only: str | None = None, start: 
         RUNNERS[stage](ctx)
         dist.barrier()
         timings[stage] = round(time.perf_counter() - t0, 2)
-        if dist.is_main():
-            write_bytes(ctx.dir(stage) / ".done", (cfg.hash() + "\n").encode())
+        write_bytes(ctx.dir(stage) / ".done", (cfg.hash() + "\n").encode())  # rank 0 only
+        dist.barrier()  # every process sees the marker before deciding on the next stage
         log.info("[%s] finished in %.1fs", stage, timings[stage])
     if dist.is_main():
         old = read_json(out / "timings.json") if (out / "timings.json").exists() else {}

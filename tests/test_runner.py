@@ -1,0 +1,120 @@
+"""`mmfv run`: stage skipping, resume after a kill with byte-identical results, foreign folders,
+and torchrun with 2 gloo processes equal to one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mmfv import cma, config as C, runner
+
+SMALL = {
+    "data": {"eval_scenes": 60, "train_scenes": 80, "val_scenes": 40, "test_scenes": 60},
+    "icl": {"shots": [0, 1, 2], "n": 8},
+    "cma": {"n_mean": 8, "n_cma": 6, "shots": 2, "top_k": 3, "batch_size": 2},
+    "eval": {"n": 8, "head_counts": [1, 2]},
+    "finetune": {"sizes": [8, 16], "headline_size": 16, "epochs": 2, "shots": [1, 2], "n": 8, "batch_size": 8},
+    "compose": {"grid": [1.0, 2.0], "shots": [1], "n": 8},
+    "run": {"batch_size": 16, "threads": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_model_dir) -> Path:
+    return tiny_model_dir
+
+
+def small_config(model_dir: Path) -> C.Config:
+    return C.from_dict({**SMALL, "model": {"name": str(model_dir)}})
+
+
+def results(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("results.json"))}
+
+
+@pytest.fixture(scope="module")
+def reference_run(model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref")
+    timings = runner.run(small_config(model_dir), out, quiet=True)
+    return out, timings
+
+
+def test_full_run_writes_every_stage(reference_run):
+    out, timings = reference_run
+    assert list(timings) == list(runner.STAGES)
+    for stage in runner.STAGES:
+        assert (out / stage / ".done").exists()
+    for stage in ("icl", "means", "cma", "eval", "finetune", "compose"):
+        assert (out / stage / "results.json").exists(), stage
+    assert (out / "report" / "report.html").exists() and (out / "config.toml").exists() and (out / "log.txt").exists()
+    ev = json.loads((out / "eval" / "results.json").read_text())
+    assert set(ev["mean"]) >= {"zero_shot", "fv"} and "best_layer" in ev["left"]
+
+
+def test_rerun_skips_finished_stages(model_dir, reference_run):
+    out, _ = reference_run
+    before = results(out)
+    assert runner.run(small_config(model_dir), out, quiet=True) == {}
+    assert results(out) == before
+
+
+def test_only_and_from(model_dir, reference_run):
+    out, _ = reference_run
+    before = results(out)
+    assert list(runner.run(small_config(model_dir), out, only="vectors", quiet=True)) == []  # done: skipped
+    t = runner.run(small_config(model_dir), out, start="finetune", quiet=True)
+    assert list(t) == ["finetune", "compose", "report"]
+    assert results(out) == before
+    with pytest.raises(runner.RunError, match="unknown stage"):
+        runner.run(small_config(model_dir), out, only="nope", quiet=True)
+
+
+def test_resume_after_kill_is_byte_identical(model_dir, reference_run, tmp_path, monkeypatch):
+    ref_out, _ = reference_run
+    out = tmp_path / "killed"
+    real, calls = cma.ie_fast, {"n": 0}
+
+    def dying(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:  # in the middle of the CMA stage (second relation)
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(cma, "ie_fast", dying)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(small_config(model_dir), out, quiet=True)
+    monkeypatch.setattr(cma, "ie_fast", real)
+    assert (out / "means" / ".done").exists() and not (out / "cma" / ".done").exists()
+    t = runner.run(small_config(model_dir), out, quiet=True)
+    assert "icl" not in t and "cma" in t
+    assert results(out) == results(ref_out)
+
+
+def test_foreign_folder_is_refused_unless_forced(model_dir, reference_run, tmp_path):
+    out, _ = reference_run
+    other = C.from_dict({**SMALL, "model": {"name": str(model_dir)}, "eval": {"n": 9, "head_counts": [1]}})
+    with pytest.raises(runner.RunError, match="another config"):
+        runner.run(other, out, only="icl", quiet=True)
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "file.txt").write_text("x")
+    with pytest.raises(runner.RunError, match="not empty"):
+        runner.run(small_config(model_dir), junk, quiet=True)
+
+
+def test_two_gloo_processes_equal_one(model_dir, reference_run, tmp_path):
+    ref_out, _ = reference_run
+    cfg_path = tmp_path / "cfg.toml"
+    cfg_path.write_text(small_config(model_dir).to_toml())
+    out = tmp_path / "dist"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517", "-m", "mmfv", "run", str(cfg_path), "--out", str(out), "--quiet"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 processes" in (out / "log.txt").read_text()
+    assert results(out) == results(ref_out)
