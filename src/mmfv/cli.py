@@ -283,10 +283,11 @@ def _choose_layers(lmm, data, fvs: dict, n: int) -> dict[str, int]:
     """Per relation, the injection layer with the best zero-shot accuracy on val."""
     from mmfv import evaluate
     from mmfv import prompts as P
+    from mmfv import relations as R
 
     out = {}
     for rel, fv in fvs.items():
-        val = data.items(lmm, "val", [rel] if rel not in ("above", "below", "left", "right") else ["above", "below", "left", "right"])
+        val = data.items(lmm, "val", R.CARDINAL if rel in R.CARDINAL else [rel])
         out[rel] = evaluate.best_layer(evaluate.layer_sweep(lmm, P.build("zero-shot", val[rel], val, 0, n, data.seed), fv.vector))
     return out
 

@@ -23,6 +23,7 @@ from typing import Callable
 
 from mmfv import __version__, dist
 from mmfv import config as C
+from mmfv import relations as R
 from mmfv.io import read_json, write_bytes, write_json
 
 STAGES = ("icl", "means", "cma", "vectors", "eval", "finetune", "compose", "report")
@@ -134,7 +135,7 @@ def _compose(ctx: Context) -> None:
     from mmfv.stages import compose_stage
 
     c = ctx.cfg.compose
-    if set(ctx.cfg.data.relations) != {"above", "below", "left", "right"}:
+    if set(ctx.cfg.data.relations) != set(R.CARDINAL):
         log.info("compose: skipped, it needs all four cardinal relations")
         write_json(ctx.dir("compose") / "results.json", {"skipped": "needs all four cardinal relations"})
         return
