@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import torch  # noqa: E402
 
 from mmfv.io import write_bytes  # noqa: E402
@@ -39,14 +40,22 @@ def aie_heatmap(aie: torch.Tensor, top: Sequence[tuple[int, int]], title: str, p
     return _save(fig, path)
 
 
-def curves(series: Mapping[str, Sequence[float]], x: Sequence[float], xlabel: str, ylabel: str, title: str, path: str | Path, hlines: Mapping[str, float] | None = None) -> Path:
-    """Line plot of several named series over ``x`` (e.g. accuracy by layer per relation)."""
+def curves(series: Mapping[str, Sequence[float]], x: Sequence[float], xlabel: str, ylabel: str, title: str, path: str | Path, hlines: Mapping[str, float] | None = None,
+           bands: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None) -> Path:
+    """Line plot of several named series over ``x`` (e.g. accuracy by layer per relation).
+
+    ``bands[name] = (low, high)`` shades an interval (e.g. the 95% CI) around series ``name``."""
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
     for name, ys in series.items():
-        ax.plot(list(x)[: len(ys)], ys, marker="o", markersize=3, label=name)
+        (line,) = ax.plot(list(x)[: len(ys)], ys, marker="o", markersize=3, label=name)
+        if bands and name in bands:
+            lo, hi = bands[name]
+            ax.fill_between(list(x)[: len(lo)], lo, hi, color=line.get_color(), alpha=0.15, linewidth=0)
     for name, y in (hlines or {}).items():
         ax.axhline(y, linestyle="--", linewidth=1, color="gray")
         ax.text(list(x)[0], y, f" {name}", va="bottom", fontsize=8, color="gray")
+    if all(float(v).is_integer() for v in x):  # shots, epochs, head counts: no fractional ticks
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_ylim(-0.02, 1.02)
