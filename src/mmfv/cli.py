@@ -78,7 +78,7 @@ def _demo(a: argparse.Namespace) -> int:
 
     R.get(a.relation)
     scenes = S.generate_split("test", 60, seed=a.seed)
-    pools = {r: P.items_from_scenes(scenes, r) for r in R.CARDINAL}
+    pools = {r: P.items_from_scenes(scenes, r) for r in dict.fromkeys((*R.CARDINAL, a.relation))}
     for kind in P.KINDS:
         (p,) = P.build(kind, pools[a.relation], pools, a.k if kind != "zero-shot" else 0, 1, a.seed)
         demos = ", ".join(f"{d.relation}" for d in p.demos) or "none"

@@ -61,8 +61,10 @@ class SceneConfig:
             raise ValueError(f"grid must be >= 3 so the query has 8 neighbours, got {self.grid}")
         if self.cell_px < 6:
             raise ValueError(f"cell_px must be >= 6 to draw a shape, got {self.cell_px}")
-        if not (0 <= self.jitter <= self.cell_px // 4):
-            raise ValueError(f"jitter must be in 0..{self.cell_px // 4} for cell_px {self.cell_px}")
+        # Shapes are drawn cell_px - 2 - 2*jitter px wide; below 4 px some classes look alike or fail to draw.
+        max_jitter = min(self.cell_px // 4, (self.cell_px - 6) // 2)
+        if not (0 <= self.jitter <= max_jitter):
+            raise ValueError(f"jitter must be in 0..{max_jitter} for cell_px {self.cell_px}")
         if self.query_cells not in ("interior", "center"):
             raise ValueError(f"query_cells must be 'interior' or 'center', got {self.query_cells!r}")
         for name in ("neighbour_fill", "distractor_fill"):
@@ -246,11 +248,16 @@ def generate(
             continue
         rng = _split_rng(seed, name)
         scenes: list[Scene] = []
+        redraws = 0
         while len(scenes) < sizes[name]:
             s = _make_scene(rng, name, len(scenes), cfg)
             sig = s.signature()
             if sig in seen:
+                redraws += 1
+                if redraws > 10_000:  # the config allows too few distinct scenes: fail rather than spin
+                    raise ValueError(f"split {name!r}: could only draw {len(scenes)} distinct scenes of {sizes[name]} with this config: ask for fewer or fill more cells")
                 continue
+            redraws = 0
             seen.add(sig)
             scenes.append(s)
         out[name] = scenes
@@ -293,6 +300,9 @@ def save(scenes: list[Scene], out: str | os.PathLike, force: bool = False) -> Pa
     except OSError as e:
         raise PermissionError(f"cannot write to {parent}: {e.strerror}; choose a writable --out") from None
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the output folder should look like any other
         with open(tmp / "metadata.jsonl", "w") as f:
             for s in scenes:
                 name = f"{s.id}.png"
