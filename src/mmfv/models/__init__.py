@@ -12,9 +12,17 @@ def load_model(name: str) -> LMM:
     """``tiny`` (the shipped mmfv-tiny), an mmfv-tiny checkpoint folder, or (later) an HF model."""
     from mmfv.models.tiny.adapter import TinyLMM
 
+    if name.startswith("openflamingo:"):  # "openflamingo:tiny-random" or "openflamingo:<folder>"
+        from mmfv.models.openflamingo_adapter import OpenFlamingoLMM
+
+        return OpenFlamingoLMM.load(name.split(":", 1)[1])
     if name in ("tiny", "mmfv-tiny"):
         return TinyLMM.load("tiny")
     p = Path(name)
+    if p.is_dir() and (p / "openflamingo.json").exists():
+        from mmfv.models.openflamingo_adapter import OpenFlamingoLMM
+
+        return OpenFlamingoLMM.load(p)
     if p.is_dir():
         cfg = p / "config.json"
         if not cfg.exists():
@@ -22,4 +30,4 @@ def load_model(name: str) -> LMM:
         with open(cfg) as f:
             if json.load(f).get("model_type") == "mmfv_tiny":
                 return TinyLMM.load(p)
-    raise ValueError(f"unknown model {name!r}: use 'tiny' or an mmfv-tiny checkpoint folder")
+    raise ValueError(f"unknown model {name!r}: use 'tiny', an mmfv-tiny checkpoint folder, or openflamingo:<folder>")
