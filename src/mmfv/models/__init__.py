@@ -9,7 +9,9 @@ from mmfv.models.base import LMM
 
 
 def load_model(name: str) -> LMM:
-    """``tiny`` (the shipped mmfv-tiny), an mmfv-tiny checkpoint folder, or (later) an HF model."""
+    """``tiny`` (the shipped mmfv-tiny), an mmfv-tiny checkpoint folder, ``openflamingo:<folder>``, or a
+    Hugging Face vision-language model: a hub id (from the local HF cache when offline) or a local
+    folder with config.json, served by models/hf.py through the family's spec (models/specs)."""
     from mmfv.models.tiny.adapter import TinyLMM
 
     if name.startswith("openflamingo:"):  # "openflamingo:tiny-random" or "openflamingo:<folder>"
@@ -30,4 +32,13 @@ def load_model(name: str) -> LMM:
         with open(cfg) as f:
             if json.load(f).get("model_type") == "mmfv_tiny":
                 return TinyLMM.load(p)
-    raise ValueError(f"unknown model {name!r}: use 'tiny', an mmfv-tiny checkpoint folder, or openflamingo:<folder>")
+        return _hf(str(p))
+    if p.exists() or name.startswith(("/", ".", "~")) or name.count("/") > 1:
+        raise FileNotFoundError(f"model folder {name} does not exist: use 'tiny', a model folder, or a hub id (owner/name)")
+    return _hf(name)
+
+
+def _hf(name: str) -> LMM:
+    from mmfv.models.hf import HFLMM
+
+    return HFLMM.load(name)

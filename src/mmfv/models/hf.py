@@ -1,0 +1,487 @@
+"""Any Hugging Face vision-language model behind the LMM protocol, driven by a family spec.
+
+One adapter for every family: ``models/specs/<family>.py`` declares where things live (decoder
+layers, attention output projections, cross-attention), the prompt template, and which extra
+processor outputs the forward needs; nothing here names an architecture.
+
+Images. Each image (by ``Item.image_id``) is processed once: the family's processor runs on that
+image alone, which gives its pixel inputs and the text its placeholder expands to (recorded from the
+processor's own call to its tokenizer, so the expansion is exactly the processor's). The vision tower
+then runs once per image and its output is cached (LRU). A batch's text is the rendered prompts with
+each placeholder replaced by its image's expansion, tokenized in one call (as the processor itself
+does), left-padded. Self-attention families receive the cached features through the forward's
+``mm_encoder_outputs``; cross-attention families through their spec's ``vision`` hooks.
+
+The fast path. :meth:`HFLMM.prefix` runs positions < T-1 once with the HF KV cache;
+:meth:`HFLMM.last` runs the last token alone on a row-repeated copy of that cache. Positions are
+made once in :meth:`HFLMM.encode` (``position_ids`` in the batch) so both paths see the same ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import inspect
+import json
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from mmfv.models.base import LMM, Batch, HeadSet, Prefix
+from mmfv.models.specs.spec import Spec
+from mmfv.prompts import Item, Prompt
+
+
+def attr_path(obj: Any, path: str) -> Any:
+    """``obj.a.b.c`` for ``path`` "a.b.c" (integers index lists)."""
+    for part in path.split("."):
+        obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
+    return obj
+
+
+@contextlib.contextmanager
+def lenient_subprocessors() -> Iterator[None]:
+    """Let a processor be built with a sub-processor set to None (e.g. no video processor).
+
+    Video processors need torchvision; image-only use never touches them, but ProcessorMixin checks
+    every sub-processor's class, and that check fails for None when torchvision is missing.
+    """
+    from transformers.processing_utils import ProcessorMixin
+
+    orig = ProcessorMixin.check_argument_for_proper_class
+
+    def check(self, name, arg):
+        return None if arg is None else orig(self, name, arg)
+
+    ProcessorMixin.check_argument_for_proper_class = check
+    try:
+        yield
+    finally:
+        ProcessorMixin.check_argument_for_proper_class = orig
+
+
+def load_processor(name: str, spec: Spec) -> Any:
+    """AutoProcessor, or (when a sub-processor cannot load, e.g. video without torchvision) the spec's
+    processor class built from its image processor and tokenizer with the rest left None."""
+    import transformers
+    from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
+
+    try:
+        return AutoProcessor.from_pretrained(name)
+    except (ImportError, ValueError, AttributeError, TypeError, OSError) as e:
+        if spec.processor_class is None:
+            raise
+        first = e
+    cls = getattr(transformers, spec.processor_class)
+    parts = {"image_processor": AutoImageProcessor.from_pretrained(name), "tokenizer": AutoTokenizer.from_pretrained(name)}
+    extra = {}
+    cfg = Path(name) / "processor_config.json"
+    if cfg.exists():
+        extra = {k: v for k, v in json.loads(cfg.read_text()).items() if k in inspect.signature(cls.__init__).parameters and k not in parts}
+    try:
+        with lenient_subprocessors():
+            return cls(**parts, **extra)
+    except Exception as e:  # pragma: no cover - report the first failure, it names the real cause
+        raise RuntimeError(f"cannot build a {spec.processor_class} for {name}: {first}") from e
+
+
+class _RecordingTokenizer:
+    """Stands in for a processor's tokenizer during one call: records the text and kwargs it gets."""
+
+    def __init__(self, tok: Any) -> None:
+        self._tok = tok
+        self.calls: list[tuple[Any, dict]] = []
+
+    def __call__(self, *args, **kwargs):
+        text = kwargs.get("text", args[0] if args else None)
+        self.calls.append((text, kwargs))
+        return self._tok(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tok, name)
+
+
+@dataclass
+class _Image:
+    """One image, processed once: the text its placeholder becomes, small processor outputs, features."""
+
+    text: str
+    meta: dict[str, Any]  # processor outputs for this image alone, less pixel tensors
+    features: Any  # vision-tower output (dict of fields, or a tensor for cross-attention families)
+
+
+def _merge(values: list[Any]) -> Any:
+    """Concatenate per-image feature fields in image order (tensor: dim 0; tuple/list of tensors:
+    the sequences; list of sequences, e.g. per-layer deepstack features: field by field)."""
+    v0 = values[0]
+    if isinstance(v0, torch.Tensor):
+        return torch.cat(values, 0)
+    if isinstance(v0, (list, tuple)) and (not v0 or isinstance(v0[0], torch.Tensor)):
+        return type(v0)(x for v in values for x in v)
+    if isinstance(v0, (list, tuple)):
+        return type(v0)(_merge(list(col)) for col in zip(*values))
+    raise TypeError(f"cannot merge image features of type {type(v0).__name__}")
+
+
+def _first_half(v: Any) -> Any:
+    """The first of two equal images' worth of a processor output or vision feature."""
+    if isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], type):  # (output class, fields)
+        return (v[0], {k: _first_half(x) for k, x in v[1].items()})
+    if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] % 2 == 0:
+        return v[: v.shape[0] // 2]
+    if isinstance(v, (list, tuple)) and v and isinstance(v[0], torch.Tensor) and len(v) % 2 == 0:
+        return type(v)(v[: len(v) // 2])
+    if isinstance(v, (list, tuple)) and v and isinstance(v[0], (list, tuple)):
+        return type(v)(_first_half(x) for x in v)
+    return v
+
+
+class _Stop(Exception):
+    pass
+
+
+class HFLMM(LMM):
+    """A Hugging Face vision-language model as an :class:`LMM`, described by a :class:`Spec`."""
+
+    def __init__(self, model: nn.Module, processor: Any, spec: Spec, model_id: str = "hf", cache_images: int = 4096) -> None:
+        self.module = model.eval()
+        self.processor = processor
+        self.tok = processor.tokenizer
+        if self.tok.pad_token is None:
+            self.tok.pad_token = self.tok.eos_token or self.tok.unk_token
+        self.spec = spec
+        self.template = spec.template
+        self.model_id = model_id
+        self._images: OrderedDict[tuple[str, bool], _Image] = OrderedDict()  # (image_id, one of several?)
+        self._cache_max = cache_images
+        self._text_kwargs: dict[str, Any] = {}
+        self._answer_ids: dict[str, int] = {}
+        self._layers = list(attr_path(model, spec.layers))
+        self._self = [attr_path(l, spec.self_attn) for l in self._layers if _has(l, spec.self_attn)]
+        self._cross = []
+        if spec.cross_layers:
+            self._cross = [getattr(c, spec.cross_attn) for c in attr_path(model, spec.cross_layers) if hasattr(c, spec.cross_attn)]
+        if not self._self:
+            raise ValueError(f"spec {spec.family}: no decoder layer under {spec.layers} has {spec.self_attn!r}")
+        fwd = inspect.signature(type(model).forward).parameters
+        self._cache_kw = "cache" if "cache" in fwd else "past_key_values"
+        self._keep_kw = {"logits_to_keep": 1} if "logits_to_keep" in fwd else {}
+
+    # --- loading ------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, name: str | Path, spec: Spec | None = None, dtype: torch.dtype | str | None = None, device: str | None = None) -> "HFLMM":
+        """Load by hub id (from the local HF cache when offline) or from a local folder."""
+        import transformers
+        from transformers import AutoConfig
+        from transformers.utils import logging as hf_logging
+
+        from mmfv.models import specs
+
+        hf_logging.disable_progress_bar()
+        name = str(name)
+        try:
+            config = AutoConfig.from_pretrained(name)
+        except OSError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise FileNotFoundError(f"cannot load {name!r}: no local folder and not in the Hugging Face cache ({first})") from None
+        spec = spec or specs.for_config(config)
+        model = getattr(transformers, spec.model_class).from_pretrained(name, dtype=dtype or "auto")
+        if device:
+            model = model.to(device)
+        return cls(model, load_processor(name, spec), spec, model_id=name)
+
+    # --- sizes and modules --------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.module.parameters()).dtype
+
+    @property
+    def n_layers(self) -> int:
+        return len(self._layers)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.module.config.get_text_config().hidden_size)
+
+    @staticmethod
+    def _head_dim(attn: nn.Module, what: str) -> int:
+        hd = getattr(attn, "head_dim", None)
+        if not isinstance(hd, int):
+            raise ValueError(f"{what} attention module {type(attn).__name__} has no integer head_dim")
+        return hd
+
+    @property
+    def head_dim(self) -> int:
+        return self._head_dim(self._self[0], "self")
+
+    @property
+    def head_sets(self) -> dict[str, HeadSet]:
+        sets = {}
+        for name, mods in (("self", self._self), ("cross", self._cross)):
+            if mods:
+                hd = self._head_dim(mods[0], name)
+                sets[name] = HeadSet(name, len(mods), attr_path(mods[0], self.spec.o_proj).in_features // hd, hd)
+        return sets
+
+    def o_proj(self, layer: int, head_set: str = "self") -> nn.Linear:
+        mods = {"self": self._self, "cross": self._cross}.get(head_set)
+        if not mods:
+            raise KeyError(f"{self.spec.family} has no {head_set!r} head set: it has {', '.join(self.head_sets)}")
+        return attr_path(mods[layer], self.spec.o_proj)
+
+    def decoder_layer(self, layer: int) -> nn.Module:
+        return self._layers[layer]
+
+    @property
+    def image_token_id(self) -> int:
+        """Id of the token whose embedding the image features replace (or that marks an image)."""
+        tid = getattr(self.module.config, self.spec.image_token_id, None)
+        return int(tid if tid is not None else self.processor.image_token_id)
+
+    def scene_config(self):
+        """Synthetic scenes for a real model: 225 px images (processors resize them anyway)."""
+        from mmfv.data.scenes import SceneConfig
+
+        return SceneConfig(cell_px=45)
+
+    # --- images -------------------------------------------------------------------------------
+    def _image(self, item: Item, several: bool = False) -> _Image:
+        """The record of ``item``'s image; ``several``: its prompt holds more than one image (matters
+        only to specs with ``multi_image``, whose processor then treats it as one of a pair)."""
+        spec, proc = self.spec, self.processor
+        pair = spec.multi_image and several
+        key = (item.image_id, pair)
+        rec = self._images.get(key)
+        if rec is not None:
+            self._images.move_to_end(key)
+            return rec
+        imgs = [item.load_image()] * (2 if pair else 1)
+        if spec.expand:
+            recorder = _RecordingTokenizer(self.tok)
+            proc.tokenizer = recorder
+            try:
+                out = proc(text=[self.template.image_token * len(imgs)], images=[imgs], return_tensors="pt")
+            finally:
+                proc.tokenizer = self.tok
+            batched = [c for c in recorder.calls if isinstance(c[0], (list, tuple)) and len(c[0]) == 1]
+            text, kwargs = (batched or recorder.calls)[-1]  # the call that tokenized our one-sample batch
+            text = text[0] if isinstance(text, (list, tuple)) else text
+            if pair:
+                if text[: len(text) // 2] * 2 != text:
+                    raise RuntimeError(f"{spec.family}: the processor expanded two copies of one image differently")
+                text = text[: len(text) // 2]
+            self._text_kwargs = {k: v for k, v in kwargs.items() if k not in ("text", "return_tensors", "padding", "padding_side")}
+        else:
+            out = proc.image_processor(imgs, return_tensors="pt")
+            text = self.template.image_token
+            self._text_kwargs = dict(spec.text_kwargs)
+        out = {"pixel_values": out} if isinstance(out, torch.Tensor) else dict(out)  # some image processors return the tensor
+        for k in ("input_ids", "attention_mask", spec.token_types, *spec.token_keys):
+            out.pop(k, None)
+        feats = self._features(out)
+        meta = {k: v for k, v in out.items() if not k.startswith("pixel_")}
+        if pair:
+            feats = _first_half(feats)
+            meta = {k: _first_half(v) for k, v in meta.items()}
+        rec = _Image(text, meta, feats)
+        self._images[key] = rec
+        if len(self._images) > self._cache_max:
+            self._images.popitem(last=False)
+        return rec
+
+    def _to_model(self, d: dict[str, Any]) -> dict[str, Any]:
+        out = {}
+        for k, v in d.items():
+            if isinstance(v, torch.Tensor):
+                v = v.to(self.device, self.dtype if v.is_floating_point() else None)
+            out[k] = v
+        return out
+
+    @torch.no_grad()
+    def _features(self, pixels: dict[str, Any]) -> Any:
+        """Vision-tower output for one image's processor outputs (the expensive step, run once per image)."""
+        if self.spec.vision is not None:
+            return self.spec.vision.encode(self.module, self._to_model(pixels))
+        fn = self.module.get_image_features
+        params = inspect.signature(fn).parameters
+        out = fn(**{k: v for k, v in self._to_model(pixels).items() if k in params}, return_dict=True)
+        return type(out), {f: getattr(out, f) for f in self.spec.feature_fields}
+
+    def _image_inputs(self, recs: list[list[_Image]], input_ids: torch.Tensor) -> dict[str, Any]:
+        spec = self.spec
+        if spec.vision is not None:
+            return spec.vision.assemble(self.module, [[r.features for r in row] for row in recs], input_ids, [[r.meta for r in row] for row in recs], self.tok)
+        flat = [r.features for row in recs for r in row]
+        if not flat:
+            return {}
+        cls = flat[0][0]
+        fields = {f: _merge([fe[1][f] for fe in flat]) for f in spec.feature_fields}
+        return {"mm_encoder_outputs": {"image": cls(**fields)}}
+
+    # --- encoding -----------------------------------------------------------------------------
+    def render(self, prompt: Prompt) -> str:
+        """The prompt's text with each image placeholder expanded as the processor does."""
+        recs = [self._image(it, prompt.k > 0) for it in prompt.items]
+        parts = self.template.render(prompt).split(self.template.image_token)
+        if len(parts) != len(recs) + 1:
+            raise ValueError(f"template produced {len(parts) - 1} image placeholders for {len(recs)} images")
+        return parts[0] + "".join(r.text + p for r, p in zip(recs, parts[1:]))
+
+    def encode(self, prompts: Sequence[Prompt]) -> Batch:
+        if not prompts:
+            raise ValueError("no prompts to encode")
+        spec = self.spec
+        recs = [[self._image(it, p.k > 0) for it in p.items] for p in prompts]
+        texts = [self.render(p) for p in prompts]
+        enc = self.tok(texts, padding=True, padding_side="left", return_tensors="pt", **self._text_kwargs)
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        inputs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
+        if spec.token_types:
+            inputs[spec.token_types] = torch.tensor(self.processor.create_mm_token_type_ids(ids), dtype=torch.long)
+        for k in spec.image_keys:
+            inputs[k] = torch.cat([torch.as_tensor(r.meta[k]) for row in recs for r in row])
+        inputs = self._to_model(inputs)
+        with torch.no_grad():
+            inputs.update(self._image_inputs(recs, inputs["input_ids"]))
+        inputs["position_ids"] = self._positions(inputs)
+        answers = torch.tensor([self.answer_token_id(p.answer) for p in prompts])
+        return Batch(inputs, answers, list(prompts))
+
+    def _positions(self, inputs: dict[str, Any]) -> torch.Tensor:
+        mask = inputs["attention_mask"]
+        if self.spec.positions == "mask":
+            return (mask.long().cumsum(-1) - 1).clamp(min=0)
+        # The model's own positions (e.g. M-RoPE): capture what it hands its decoder stack.
+        stack = attr_path(self.module, self.spec.layers.rsplit(".", 1)[0])
+        box: dict[str, Any] = {}
+
+        def pre(mod, args, kwargs):
+            box["pos"] = kwargs.get("position_ids")
+            raise _Stop
+
+        h = stack.register_forward_pre_hook(pre, with_kwargs=True)
+        try:
+            with torch.no_grad():
+                self.module(**self._call(inputs), use_cache=False)
+        except _Stop:
+            pass
+        finally:
+            h.remove()
+        if box.get("pos") is None:
+            raise RuntimeError(f"{self.spec.family}: the model computed no position_ids; use positions='mask' in its spec")
+        return box["pos"]
+
+    @staticmethod
+    def _call(inputs: dict[str, Any]) -> dict[str, Any]:
+        """Forward kwargs (a fresh outer dict for mm_encoder_outputs, which forwards may fill in)."""
+        out = dict(inputs)
+        if isinstance(out.get("mm_encoder_outputs"), dict):
+            out["mm_encoder_outputs"] = dict(out["mm_encoder_outputs"])
+        return out
+
+    # --- scoring ------------------------------------------------------------------------------
+    def answer_token_id(self, answer_text: str) -> int:
+        """First token of ``answer_text`` as written after the prompt: tokenize the template's query
+        ending with and without ``answer_prefix + answer`` and take the first new token."""
+        tid = self._answer_ids.get(answer_text)
+        if tid is None:
+            tail = self.template.query.split("{query}")[-1]
+            with_answer = self.tok(tail + self.template.answer_prefix + answer_text, add_special_tokens=False)["input_ids"]
+            alone = self.tok(tail, add_special_tokens=False)["input_ids"]
+            if with_answer[: len(alone)] == alone and len(with_answer) > len(alone):
+                tid = with_answer[len(alone)]
+            else:  # the answer merged into the prompt's last token: score the answer on its own
+                tid = self.tok(self.template.answer_prefix + answer_text, add_special_tokens=False)["input_ids"][0]
+            self._answer_ids[answer_text] = tid
+        return tid
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    # --- running ------------------------------------------------------------------------------
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return self.module(**self._call(batch.inputs), use_cache=False).logits
+
+    def _token_keys(self) -> tuple[str, ...]:
+        return ("input_ids", "attention_mask", *((self.spec.token_types,) if self.spec.token_types else ()), *self.spec.token_keys)
+
+    def prefix(self, batch: Batch) -> Prefix:
+        inp = batch.inputs
+        T = batch.length
+        if T < 2:
+            raise ValueError("prefix needs prompts of at least 2 tokens")
+        pre = self._call(inp)
+        for k in self._token_keys():
+            pre[k] = inp[k][:, : T - 1]
+        pre["position_ids"] = inp["position_ids"][..., : T - 1]
+        with torch.no_grad():
+            out = self.module(**pre, use_cache=True, **self._keep_kw)
+        cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+        last = {k: inp[k][:, T - 1 :] for k in self._token_keys()}
+        last["attention_mask"] = inp["attention_mask"]
+        last["position_ids"] = inp["position_ids"][..., T - 1 :]
+        for k in self.spec.last_keys:
+            if k in inp:
+                last[k] = inp[k]
+        return Prefix(cache, last, batch.size)
+
+    def last(self, prefix: Prefix, repeats: int) -> torch.Tensor:
+        B = prefix.size
+        kw = {k: _repeat_rows(v, repeats, B, k) for k, v in prefix.last_inputs.items()}
+        kw[self._cache_kw] = _repeat_cache(prefix.cache, repeats)
+        return self.module(**kw, use_cache=True).logits[:, -1]
+
+    def forward_with_suffix(self, batch: Batch, suffix_ids: list[int]) -> torch.Tensor:
+        if not suffix_ids:
+            return self.forward(batch)
+        inp = self._call(batch.inputs)
+        n = len(suffix_ids)
+        s = torch.tensor([suffix_ids], device=self.device).expand(batch.size, -1)
+        inp["input_ids"] = torch.cat([inp["input_ids"], s], 1)
+        inp["attention_mask"] = torch.cat([inp["attention_mask"], torch.ones_like(s, dtype=inp["attention_mask"].dtype)], 1)
+        for k in self._token_keys()[2:]:  # new tokens are text: like the prompt's last token
+            v = inp[k]
+            inp[k] = torch.cat([v, v[:, -1:].expand(-1, n, *v.shape[2:])], 1)
+        pos = inp["position_ids"]
+        inp["position_ids"] = torch.cat([pos, pos[..., -1:] + torch.arange(1, n + 1, device=pos.device)], -1)
+        return self.module(**inp, use_cache=False).logits
+
+
+def _has(obj: Any, path: str) -> bool:
+    try:
+        attr_path(obj, path)
+        return True
+    except (AttributeError, IndexError):
+        return False
+
+
+def _repeat_rows(v: Any, repeats: int, B: int, key: str) -> Any:
+    """Repeat each prompt's rows ``repeats`` times, row-major (prompt 0's copies first)."""
+    if not isinstance(v, torch.Tensor) or repeats == 1:
+        return v
+    if key == "position_ids" and v.dim() == 3:  # (n_axes, B, T) for M-RoPE
+        return v.repeat_interleave(repeats, dim=1)
+    if v.shape[0] == B:
+        return v.repeat_interleave(repeats, dim=0)
+    if v.shape[0] % B == 0:  # (B * k, ...) blocks of k per prompt (e.g. per-image embeddings)
+        return v.view(B, -1, *v.shape[1:]).repeat_interleave(repeats, dim=0).flatten(0, 1)
+    raise ValueError(f"cannot repeat input {key!r} of shape {tuple(v.shape)} for {B} prompts")
+
+
+def _repeat_cache(cache: Any, repeats: int) -> Any:
+    """A copy of an HF cache with every row repeated; the original stays as it was."""
+    new = copy.copy(cache)
+    new.layers = [copy.copy(layer) for layer in cache.layers]
+    if repeats > 1:
+        for layer in new.layers:
+            if getattr(layer, "keys", None) is not None and layer.keys.numel():
+                layer.batch_repeat_interleave(repeats)
+    return new

@@ -1,0 +1,66 @@
+"""What a model-family spec declares. One instance per family, in ``specs/<family>.py``.
+
+A spec is data: where the decoder layers and attention output projections live, the prompt template,
+which per-token / per-image processor outputs the model's forward needs, and how positions are made.
+Two optional callables cover what no declaration can: cross-attention (Flamingo-style) families encode
+images and build their batch-wide image inputs themselves (``vision``), and every family says how to
+build an offline tiny model + processor for the tests (``tiny``). The adapter (models/hf.py) is the
+only reader; it never names an architecture.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+from mmfv.prompts import Template
+
+
+@dataclass(frozen=True)
+class CrossVision:
+    """Image handling of a cross-attention family (the text holds one placeholder per image).
+
+    ``encode(model, pixels)`` -> one image's features (a tensor), from the processor's outputs for that
+    image alone. ``assemble(model, features, input_ids, pixels, tokenizer)`` -> the forward's image
+    keyword arguments for a left-padded batch, where ``features[b]`` / ``pixels[b]`` list row b's
+    images in order. Keys named in ``Spec.token_keys`` must be (B, T, ...) per-token tensors; keys in
+    ``Spec.last_keys`` are passed again (rows repeated) when the last position runs on the KV cache.
+    """
+
+    encode: Callable[[Any, dict[str, torch.Tensor]], torch.Tensor]
+    assemble: Callable[[Any, list[list[torch.Tensor]], torch.Tensor, list[list[dict]], Any], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A model family. Paths are attribute paths from the loaded top-level model."""
+
+    family: str  # short name used in errors and docs, e.g. "qwen3_vl"
+    model_types: tuple[str, ...]  # config.model_type values this spec serves
+    model_class: str  # transformers class loaded with from_pretrained
+    layers: str  # ModuleList of decoder layers (their outputs are the residual stream)
+    template: Template
+    self_attn: str = "self_attn"  # attention module inside a decoder layer (layers without it are skipped)
+    o_proj: str = "o_proj"  # output projection inside an attention module
+    cross_layers: str | None = None  # ModuleList holding the cross-attention modules, if any
+    cross_attn: str = "cross_attn"  # cross-attention module inside an entry of ``cross_layers``
+    image_token_id: str = "image_token_id"  # config attribute: id of the image-feature token (else the processor's)
+    token_types: str | None = None  # name of the per-token image/text type ids the forward needs
+    token_keys: tuple[str, ...] = ()  # other per-token (B, T, ...) forward inputs (cross-attention masks)
+    image_keys: tuple[str, ...] = ()  # per-image processor outputs the forward needs besides features
+    last_keys: tuple[str, ...] = ()  # inputs passed again, rows repeated, when running the last position alone
+    positions: str = "mask"  # "mask": cumsum of the attention mask; "model": the model's own (M-RoPE)
+    expand: bool = True  # the processor expands each image placeholder (False: text keeps it verbatim)
+    text_kwargs: dict[str, Any] = field(default_factory=dict)  # tokenizer kwargs when expand is False
+    multi_image: bool = False  # an image in a several-image prompt is processed differently (no any-res crops)
+    feature_fields: tuple[str, ...] = ("pooler_output",)  # fields of get_image_features' output the forward reads
+    vision: CrossVision | None = None  # cross-attention families: own image encoding and batch inputs
+    processor_class: str | None = None  # processor class, for building one when AutoProcessor cannot
+    tiny: Callable[[], tuple[Any, Any]] | None = None  # offline tiny (model, processor) for tests
+    notes: Sequence[str] = ()  # known limitations, shown in docs
+
+    def __post_init__(self) -> None:
+        if self.positions not in ("mask", "model"):
+            raise ValueError(f"spec {self.family}: positions must be 'mask' or 'model', got {self.positions!r}")

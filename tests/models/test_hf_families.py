@@ -1,0 +1,284 @@
+"""Every supported HF family, built offline from a tiny random config, passes the same LMM contract.
+
+Each family is built once (module-scoped fixture): 2 text layers, hidden 64, 4 heads of head_dim 16,
+2 KV heads, a one- or two-layer vision tower, a locally trained tokenizer and PIL image processors.
+"""
+
+from __future__ import annotations
+
+import json
+import types
+
+import pytest
+import torch
+
+from mmfv import hooks
+from mmfv import prompts as P
+from mmfv.data import scenes as S
+from mmfv.data import synthetic
+from mmfv.models import load_model, specs
+from mmfv.models.hf import HFLMM
+from mmfv.models.specs import offline
+
+SCENE = S.SceneConfig(grid=3, cell_px=16)
+RELS = ("above", "below", "left", "right")
+FAMILIES = specs.supported()
+CROSS = [s.family for s in specs.SPECS if s.cross_layers]
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthetic.items("test", 40, RELS, seed=0, config=SCENE)
+
+
+def build(family: str, **kw) -> HFLMM:
+    spec = specs.get(family)
+    torch.manual_seed(0)
+    model, proc = spec.tiny(**kw)
+    return HFLMM(model, proc, spec, f"tiny-random-{family}")
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def fam(request, data):
+    if request.param == "smolvlm":
+        pytest.importorskip("num2words", reason="SmolVLM's processor needs num2words (pip install -e '.[test]')")
+    lmm = build(request.param)
+    # different k -> different lengths -> left padding; a zero-shot prompt holds a single image
+    prompts = P.build("clean", data["left"], data, 2, 2, 0) + P.build("corrupted", data["above"], data, 1, 1, 1) + [P.zero_shot(data["below"][0])]
+    return types.SimpleNamespace(lmm=lmm, prompts=prompts, batch=lmm.encode(prompts))
+
+
+def head_sets(lmm):
+    return ["self", "cross"] if "cross" in lmm.head_sets else ["self"]
+
+
+def test_registry_covers_every_family_and_rejects_others():
+    assert {"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics2", "idefics3", "smolvlm", "llava", "llava_onevision", "gemma3", "internvl", "idefics", "mllama"} <= set(FAMILIES)
+    assert {"idefics", "mllama"} <= set(CROSS)
+    for s in specs.SPECS:
+        assert specs.for_config({"model_type": s.model_types[0]}) is s
+        assert specs.for_config({"model_type": "custom", "architectures": [s.model_class]}) is s
+    with pytest.raises(specs.UnsupportedModel) as e:
+        specs.for_config({"model_type": "bert", "architectures": ["BertModel"]})
+    msg = str(e.value)
+    assert "\n" not in msg and "'bert'" in msg and all(f in msg for f in FAMILIES)
+
+
+def test_sizes_and_modules(fam):
+    lmm = fam.lmm
+    assert (lmm.n_layers, lmm.hidden_size, lmm.head_dim, lmm.n_heads) == (2, 64, 16, 4)
+    for name, hs in lmm.head_sets.items():
+        assert lmm.o_proj(hs.n_layers - 1, name).in_features == hs.n_heads * hs.head_dim
+    assert ("cross" in lmm.head_sets) == (lmm.spec.family in CROSS)
+    assert all(any(m is lmm.decoder_layer(i) for m in lmm.module.modules()) for i in range(lmm.n_layers))
+    with pytest.raises(KeyError):
+        lmm.o_proj(0, "nope")
+
+
+def test_head_dim_is_read_from_the_attention_module():
+    lmm = build("gemma3", head_dim=24)  # 4 heads x 24 != hidden 64
+    assert (lmm.head_dim, lmm.n_heads, lmm.hidden_size, lmm.o_proj(0).in_features) == (24, 4, 64, 96)
+
+
+def test_prompt_places_one_image_per_item(fam):
+    lmm, batch = fam.lmm, fam.batch
+    tok, img_id = lmm.tok, lmm.image_token_id
+    for row, p in enumerate(batch.prompts):
+        text = lmm.template.render(p)
+        pieces = text.split(lmm.template.image_token)
+        assert len(pieces) == p.k + 1 + 1
+        for it, piece in zip(p.items, pieces[1:]):  # each image comes right before its own question
+            assert piece.lstrip().startswith(f"Q: {it.query}.")
+        ids = batch.inputs["input_ids"][row][batch.inputs["attention_mask"][row].bool()].tolist()
+        per_image = [tok(lmm._image(it, p.k > 0).text, add_special_tokens=False)["input_ids"].count(img_id) for it in p.items]
+        assert all(n > 0 for n in per_image) and ids.count(img_id) == sum(per_image)
+        assert ids.index(img_id) < len(ids) - 1 and ids[-1] != img_id  # the prompt ends in text
+
+
+def test_encoding_matches_the_processor_and_the_pixel_forward(fam):
+    """Our text (cached per-image expansions) is the processor's, and cached vision features give the
+    logits the model computes from pixels itself."""
+    lmm, batch = fam.lmm, fam.batch
+    proc = lmm.processor
+    texts = [lmm.template.render(p) for p in batch.prompts]
+    if lmm.spec.family == "idefics":  # its processor takes interleaved lists; feed the model pixels directly
+        n = max(p.k + 1 for p in batch.prompts)
+        pix = torch.zeros(batch.size, n, 3, 32, 32)
+        for b, p in enumerate(batch.prompts):
+            pix[b, : p.k + 1] = proc.image_processor([it.load_image() for it in p.items], return_tensors="pt")
+        canon = {"input_ids": batch.inputs["input_ids"], "attention_mask": batch.inputs["attention_mask"], "pixel_values": pix, "image_attention_mask": batch.inputs["image_attention_mask"]}
+    else:
+        canon = dict(proc(text=texts, images=[p.images() for p in batch.prompts], padding=True, padding_side="left", return_tensors="pt"))
+        assert torch.equal(canon["input_ids"], batch.inputs["input_ids"])
+        for k in lmm._token_keys():
+            assert torch.equal(torch.as_tensor(canon[k]), batch.inputs[k].cpu()), k
+    canon["position_ids"] = batch.inputs["position_ids"]
+    with torch.no_grad():
+        pixels = lmm.module(**canon, use_cache=False).logits
+    assert (pixels - lmm.forward(batch)).abs().max() < 1e-5
+
+
+def test_vision_tower_runs_once_per_image(fam, data):
+    lmm = fam.lmm
+    calls = []
+    orig = lmm._features
+    lmm._features = lambda px: calls.append(1) or orig(px)
+    try:
+        lmm._images.clear()
+        prompts = P.build("clean", data["right"], data, 2, 2, 3)
+        first = lmm.encode(prompts)
+        n = len(calls)
+        again = lmm.encode(prompts)
+        assert len(calls) == n == len({i for p in prompts for i in p.image_ids})
+        assert torch.equal(lmm.forward(first), lmm.forward(again))
+    finally:
+        del lmm._features
+
+
+def test_left_padding_does_not_change_logits(fam, data):
+    lmm = fam.lmm
+    short, long = P.build("clean", data["left"], data, 1, 1, 0)[0], P.build("clean", data["left"], data, 3, 1, 0)[0]
+    alone = lmm.last_logits(lmm.encode([short]))
+    padded = lmm.last_logits(lmm.encode([short, long]))[0:1]
+    assert (alone - padded).abs().max() < 1e-5
+
+
+def test_head_read_replace_round_trip_leaves_logits_unchanged(fam):
+    lmm, batch = fam.lmm, fam.batch
+    for hs_name in head_sets(lmm):
+        hs = lmm.head_sets[hs_name]
+        with hooks.read_heads(lmm, head_set=hs_name) as store:
+            ref = lmm.forward(batch)
+        B = batch.size
+        assert store[0].shape == (B, hs.n_heads, hs.head_dim)
+        patches = {l: (torch.arange(B).repeat_interleave(hs.n_heads), torch.arange(hs.n_heads).repeat(B), store[l].reshape(-1, hs.head_dim)) for l in store}
+        with hooks.patch_heads(lmm, patches, head_set=hs_name):
+            out = lmm.forward(batch)
+        assert torch.equal(ref, out), hs_name
+
+
+def test_patching_last_position_changes_nothing_earlier(fam):
+    lmm, batch = fam.lmm, fam.batch
+    ref = lmm.forward(batch)
+    B = batch.size
+    for hs_name in head_sets(lmm):
+        hs = lmm.head_sets[hs_name]
+        patch = {0: (torch.arange(B), torch.zeros(B, dtype=torch.long), torch.full((B, hs.head_dim), 5.0))}
+        with hooks.patch_heads(lmm, patch, head_set=hs_name):
+            out = lmm.forward(batch)
+        assert torch.equal(ref[:, :-1], out[:, :-1]), hs_name
+        assert (ref[:, -1] - out[:, -1]).abs().max() > 1e-3, hs_name
+
+
+def test_prefix_then_last_equals_full_forward(fam):
+    lmm, batch = fam.lmm, fam.batch
+    full = lmm.forward(batch)[:, -1]
+    pre = lmm.prefix(batch)
+    fast = lmm.last(pre, repeats=3).view(batch.size, 3, -1)
+    assert (fast - full[:, None]).abs().max() <= 1e-5
+    assert (lmm.last(pre, 1) - full).abs().max() <= 1e-5  # the prefix cache is reusable (never mutated)
+
+
+def test_patched_heads_agree_between_full_forward_and_fast_path(fam):
+    """What the fast CMA engine relies on: a patch at the last position gives the same logits either
+    way, row-major repeats patching different heads."""
+    lmm, batch = fam.lmm, fam.batch
+    B, R = batch.size, 2
+    for hs_name in head_sets(lmm):
+        hs = lmm.head_sets[hs_name]
+        layer = hs.n_layers - 1
+        val = torch.full((hs.head_dim,), 3.0)
+        want = []
+        for h in range(R):
+            with hooks.patch_heads(lmm, {layer: (torch.arange(B), torch.full((B,), h), val.expand(B, -1))}, head_set=hs_name):
+                want.append(lmm.forward(batch)[:, -1])
+        want = torch.stack(want, 1)  # (B, R, V)
+        pre = lmm.prefix(batch)
+        with hooks.patch_heads(lmm, {layer: (torch.arange(B * R), torch.arange(R).repeat(B), val.expand(B * R, -1))}, head_set=hs_name):
+            got = lmm.last(pre, R).view(B, R, -1)
+        assert (got - want).abs().max() <= 1e-5, hs_name
+
+
+def test_added_vector_gets_gradient_with_weights_frozen(fam):
+    lmm, batch = fam.lmm, fam.batch
+    lmm.freeze()
+    before = {k: v.clone() for k, v in lmm.module.state_dict().items()}
+    vec = torch.zeros(lmm.hidden_size, requires_grad=True)
+    with hooks.add_to_layer(lmm, 0, vec):
+        loss = torch.nn.functional.cross_entropy(lmm.forward(batch)[:, -1], batch.answer_ids)
+    loss.backward()
+    assert vec.grad is not None and vec.grad.abs().sum() > 0
+    assert all(p.grad is None for p in lmm.module.parameters())
+    assert all(torch.equal(before[k], v) for k, v in lmm.module.state_dict().items())
+
+
+def test_answer_token_is_the_first_token_written_after_the_prompt(fam):
+    lmm, batch = fam.lmm, fam.batch
+    p = batch.prompts[0]
+    kw = lmm._text_kwargs
+    prompt_ids = lmm.tok(lmm.render(p), **kw)["input_ids"]
+    with_answer = lmm.tok(lmm.render(p) + lmm.template.answer_text(p), **kw)["input_ids"]
+    assert with_answer[: len(prompt_ids)] == prompt_ids
+    assert int(batch.answer_ids[0]) == with_answer[len(prompt_ids)] == lmm.answer_token_id(p.answer)
+    probs = lmm.answer_probs(batch)
+    assert probs.shape == (batch.size,) and bool(((probs > 0) & (probs < 1)).all())
+
+
+@pytest.mark.parametrize("style,vocab", [("metaspace", 400), ("bytelevel", 0), ("metaspace", 0)])
+def test_answer_token_with_space_prepending_or_splitting_tokenizers(style, vocab):
+    tok = offline.tokenizer(["<pad>", "<image>"], style=style, vocab=vocab, pad_token="<pad>")
+    tmpl = specs.get("idefics3").template
+    stub = types.SimpleNamespace(tok=tok, template=tmpl, _answer_ids={})
+    prompt = "<image>Q: red ring. A: blue square.\n<image>Q: green cross. A:"
+    for answer in ("blue square", "yellow triangle"):
+        pieces = tok(tmpl.answer_prefix + answer, add_special_tokens=False)["input_ids"]
+        if vocab == 0:
+            assert len(pieces) > 2  # the answer really splits into several tokens
+        n = len(tok(prompt)["input_ids"])
+        first = tok(prompt + tmpl.answer_prefix + answer)["input_ids"][n]
+        assert HFLMM.answer_token_id(stub, answer) == first
+        assert answer.startswith(tok.decode([first]).strip())  # a piece of the answer (maybe just its space)
+
+
+def test_generate_and_suffix(fam):
+    lmm, batch = fam.lmm, fam.batch
+    one = lmm.encode(batch.prompts[:1])
+    ext = lmm.forward_with_suffix(one, [int(one.answer_ids[0]), int(one.answer_ids[0])])
+    assert ext.shape[1] == one.length + 2 and (ext[:, : one.length] - lmm.forward(one)).abs().max() < 1e-5
+    texts = lmm.generate(batch.prompts[:1], max_new_tokens=2)
+    assert len(texts) == 1 and isinstance(texts[0], str)
+
+
+def _save(lmm: HFLMM, folder) -> None:
+    lmm.module.save_pretrained(folder)
+    try:
+        lmm.processor.save_pretrained(folder)
+    except AttributeError:  # no video processor (torchvision missing): save the parts it has
+        name = type(lmm.processor).__name__
+        lmm.processor.image_processor.save_pretrained(folder)
+        lmm.processor.tokenizer.save_pretrained(folder)
+        (folder / "processor_config.json").write_text(json.dumps({"processor_class": name}))
+        # as on the hub: a video processor config, which cannot load without torchvision
+        video = {"video_processor_type": name.replace("Processor", "VideoProcessor"), "processor_class": name}
+        (folder / "video_preprocessor_config.json").write_text(json.dumps(video))
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "mllama"])
+def test_load_model_routes_a_local_folder_to_the_spec(family, tmp_path, data):
+    lmm = build(family)
+    _save(lmm, tmp_path)
+    again = load_model(str(tmp_path))
+    assert isinstance(again, HFLMM) and again.spec is lmm.spec
+    prompts = P.build("clean", data["left"], data, 1, 2, 0)
+    assert torch.equal(again.forward(again.encode(prompts)), lmm.forward(lmm.encode(prompts)))
+
+
+def test_load_model_one_line_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        load_model(str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
+    with pytest.raises(specs.UnsupportedModel, match="supported are qwen2_vl") as e:
+        load_model(str(tmp_path))
+    assert "\n" not in str(e.value)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_model(str(tmp_path / "missing"))
