@@ -28,6 +28,9 @@ def test_default_round_trips_through_toml():
         ("[cma]\nengine = 'turbo'", "cma.engine"),
         ("[finetune]\nheadline_size = 7", "finetune.headline_size"),
         ("[eval]\nn = 0", "eval.n"),
+        ("[model]\ndtype = 'float8'", "model.dtype"),
+        ("[model]\ndevice = 'cuda'\ndevice_map = 'auto'", "model.device_map"),
+        ("[cma]\nhead_set = 'mlp'", "cma.head_set"),
     ],
 )
 def test_bad_configs_name_the_key(text, key, tmp_path):

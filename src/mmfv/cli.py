@@ -141,7 +141,7 @@ def _train(a: argparse.Namespace) -> int:
 
 
 def _icl_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="tiny", help="'tiny' or a checkpoint folder")
+    _model_args(p)
     p.add_argument("--shots", type=_int_list, default=[0, 1, 2, 4, 8])
     p.add_argument("--n", type=_positive_int, default=400, help="prompts per (kind, shots, relation) cell")
     p.add_argument("--split", default="test")
@@ -160,11 +160,10 @@ def _icl(a: argparse.Namespace) -> int:
     from mmfv.data import synthetic
     from mmfv.evaluate import format_icl_table, icl
     from mmfv.io import write_json
-    from mmfv.models import load_model
 
     rels = tuple(a.relations or R.CARDINAL)
     t0 = time.time()
-    lmm = load_model(a.model)
+    lmm = _load(a)
     data = synthetic.items(a.split, a.scenes, rels, seed=a.seed, config=lmm.scene_config())
     res = icl(lmm, data, data, a.shots, a.n, seed=a.seed, batch_size=a.batch_size, progress=True)
     print(format_icl_table(res, rels))
@@ -174,12 +173,26 @@ def _icl(a: argparse.Namespace) -> int:
     return 0
 
 
+def _model_args(p: argparse.ArgumentParser, default: str | None = "tiny", help: str | None = None) -> None:
+    p.add_argument("--model", default=default, help=help or "'tiny', an mmfv-tiny folder, openflamingo:<folder>, or an HF model (hub id or folder)")
+    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default=None, help="HF models: weights dtype (default: the checkpoint's)")
+    p.add_argument("--device", default=None, help="HF / OpenFlamingo models: e.g. cuda")
+    p.add_argument("--device-map", default=None, help="HF models too big for one GPU: e.g. auto (needs accelerate)")
+
+
+def _load(a: argparse.Namespace, name: str | None = None):
+    """The model named by --model (or ``name``), with --dtype / --device / --device-map."""
+    from mmfv.models import load_model
+
+    return load_model(name or a.model, a.dtype, a.device, a.device_map)
+
+
 def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of scenes and prompts")
 
 
 def _cma_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="tiny")
+    _model_args(p)
     p.add_argument("--relations", type=_rel_list, default=None, help="comma-separated (default: the 4 cardinal)")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--n-mean", type=_positive_int, default=100, help="clean prompts for the mean activations")
@@ -188,21 +201,24 @@ def _cma_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", choices=("fast", "reference"), default="fast")
     p.add_argument("--top-k", type=_positive_int, default=10)
     p.add_argument("--only-correct", action="store_true", help="average only prompts the model answers correctly")
+    p.add_argument("--head-set", default="self", help="self, or cross for cross-attention (Flamingo-style) models")
     _data_args(p)
 
 
 @verb("cma", "causal mediation analysis: the indirect effect of every attention head", _cma_args)
 def _cma(a: argparse.Namespace) -> int:
     from mmfv import relations as R
-    from mmfv.models import load_model
     from mmfv.stages import DataSettings, cma_stage
 
-    lmm = load_model(a.model)
+    lmm = _load(a)
     rels = a.relations or list(R.CARDINAL)
-    if a.top_k > lmm.n_layers * lmm.n_heads:
-        raise ValueError(f"--top-k {a.top_k} is larger than the model's {lmm.n_layers * lmm.n_heads} heads")
+    if a.head_set not in lmm.head_sets:
+        raise ValueError(f"--head-set {a.head_set}: {lmm.model_id} has only {', '.join(lmm.head_sets)} heads")
+    hs = lmm.head_sets[a.head_set]
+    if a.top_k > hs.n_layers * hs.n_heads:
+        raise ValueError(f"--top-k {a.top_k} is larger than the model's {hs.n_layers * hs.n_heads} {a.head_set} heads")
     res = cma_stage(lmm, DataSettings(seed=a.seed), rels, a.out, a.n_mean, a.n_cma, a.shots, a.engine, a.top_k,
-                    only_correct=a.only_correct, progress=True)
+                    only_correct=a.only_correct, progress=True, head_set=a.head_set)
     for r, v in res["relations"].items():
         print(f"{r:>6}: top-{a.top_k} heads carry {v['top_share']:.0%} of positive AIE; top heads (layer, head, AIE) {v['top_heads'][:3]}")
     print(f"wrote {a.out}/results.json and aie_*.png")
@@ -214,13 +230,12 @@ def _extract_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=_positive_int, default=10, help="number of top heads")
     p.add_argument("--out", required=True, type=Path, help="a .safetensors file (one relation) or a folder")
     p.add_argument("--relations", type=_rel_list, default=None)
-    p.add_argument("--model", default=None, help="defaults to the model the CMA was run on")
+    _model_args(p, None, "defaults to the model the CMA was run on")
 
 
 @verb("extract", "build function vectors from the top-k heads of a CMA run", _extract_args)
 def _extract(a: argparse.Namespace) -> int:
     from mmfv.io import read_json
-    from mmfv.models import load_model
     from mmfv.stages import extract_stage
 
     meta_path = a.cma / "results.json"
@@ -228,7 +243,7 @@ def _extract(a: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{meta_path} not found: --cma must be a folder written by `mmfv cma`")
     meta = read_json(meta_path)
     rels = a.relations or list(meta["relations"])
-    lmm = load_model(a.model or ("tiny" if meta["model"] == "mmfv-tiny" else meta["model"]))
+    lmm = _load(a, a.model or ("tiny" if meta["model"] == "mmfv-tiny" else meta["model"]))
     if a.k > lmm.n_layers * lmm.n_heads:
         raise ValueError(f"--k {a.k} is larger than the model's {lmm.n_layers * lmm.n_heads} heads")
     if a.out.suffix == ".safetensors":
@@ -246,7 +261,7 @@ def _extract(a: argparse.Namespace) -> int:
 
 
 def _eval_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="tiny")
+    _model_args(p)
     p.add_argument("--fv", nargs="+", required=True, type=Path, help="function vector files or folders of them")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--n", type=_positive_int, default=200, help="prompts per relation and split")
@@ -256,10 +271,9 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
 
 @verb("eval", "zero-shot accuracy with function vectors: layer, head-count and context-size sweeps", _eval_args)
 def _eval(a: argparse.Namespace) -> int:
-    from mmfv.models import load_model
     from mmfv.stages import DataSettings, eval_stage
 
-    lmm = load_model(a.model)
+    lmm = _load(a)
     fvs = _load_fvs(lmm, a.fv)
     res = eval_stage(lmm, DataSettings(seed=a.seed), fvs, a.out, a.n, a.cma, progress=True)
     print(f"mean zero-shot {res['mean']['zero_shot']:.3f} -> with FV {res['mean']['fv']:.3f}; wrote {a.out}/results.json")
@@ -293,7 +307,7 @@ def _choose_layers(lmm, data, fvs: dict, n: int) -> dict[str, int]:
 
 
 def _finetune_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="tiny")
+    _model_args(p)
     p.add_argument("--fv", nargs="+", required=True, type=Path, help="extracted function vector files or folders")
     p.add_argument("--relation", type=_rel_list, default=None, help="restrict to these relations")
     p.add_argument("--layer", type=int, default=None, help="injection layer (default: chosen on val per relation)")
@@ -310,10 +324,9 @@ def _finetune_args(p: argparse.ArgumentParser) -> None:
 @verb("finetune", "fine-tune function vectors with the model frozen; compare with ICL", _finetune_args)
 def _finetune(a: argparse.Namespace) -> int:
     from mmfv.finetune import FinetuneSettings
-    from mmfv.models import load_model
     from mmfv.stages import DataSettings, finetune_stage
 
-    lmm = load_model(a.model)
+    lmm = _load(a)
     fvs = _load_fvs(lmm, a.fv)
     if a.relation:
         missing = [r for r in a.relation if r not in fvs]
@@ -332,7 +345,7 @@ def _finetune(a: argparse.Namespace) -> int:
 
 
 def _compose_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="tiny")
+    _model_args(p)
     p.add_argument("--fv", nargs="+", required=True, type=Path, help="the 4 cardinal vectors (files or folders)")
     p.add_argument("--tuned", nargs="+", type=Path, default=None, help="fine-tuned cardinal vectors (optional)")
     p.add_argument("--out", required=True, type=Path)
@@ -342,10 +355,9 @@ def _compose_args(p: argparse.ArgumentParser) -> None:
 
 @verb("compose", "compose cardinal vectors into untrained diagonal relations; analogies", _compose_args)
 def _compose(a: argparse.Namespace) -> int:
-    from mmfv.models import load_model
     from mmfv.stages import DataSettings, compose_stage
 
-    lmm = load_model(a.model)
+    lmm = _load(a)
     fvs = _load_fvs(lmm, a.fv)
     tuned = _load_fvs(lmm, a.tuned) if a.tuned else None
     res = compose_stage(lmm, DataSettings(seed=a.seed), fvs, a.out, tuned, n_eval=a.n, progress=True)

@@ -25,6 +25,9 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class ModelSection:
     name: str = "tiny"  # "tiny", an mmfv-tiny folder, or an HF hub id / folder
+    dtype: str = "auto"  # HF models: auto (the checkpoint's), float32, bfloat16, float16
+    device: str = ""  # HF / OpenFlamingo models: e.g. "cuda" (empty: where from_pretrained puts it, the CPU)
+    device_map: str = ""  # HF models too big for one GPU: "auto" (needs accelerate)
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,7 @@ class CMASection:
     top_k: int = 10
     only_correct: bool = False
     batch_size: int = 8
+    head_set: str = "self"  # "self", or "cross" for cross-attention (Flamingo-style) models
 
 
 @dataclass(frozen=True)
@@ -180,6 +184,12 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"config key {key}: must be positive, got {v}")
     if cfg.cma.engine not in ("fast", "reference"):
         raise ConfigError(f"config key cma.engine: must be 'fast' or 'reference', got {cfg.cma.engine!r}")
+    if cfg.model.dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise ConfigError(f"config key model.dtype: must be auto, float32, bfloat16 or float16, got {cfg.model.dtype!r}")
+    if cfg.model.device and cfg.model.device_map:
+        raise ConfigError("config keys model.device and model.device_map: set one of them, not both")
+    if cfg.cma.head_set not in ("self", "cross"):
+        raise ConfigError(f"config key cma.head_set: must be 'self' or 'cross', got {cfg.cma.head_set!r}")
     if cfg.finetune.schedule not in ("cosine", "constant"):
         raise ConfigError(f"config key finetune.schedule: must be 'cosine' or 'constant', got {cfg.finetune.schedule!r}")
     if cfg.finetune.headline_size not in cfg.finetune.sizes:

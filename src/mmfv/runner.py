@@ -49,7 +49,10 @@ class Context:
         if self._lmm is None:
             from mmfv.models import load_model
 
-            self._lmm = load_model(self.cfg.model.name)
+            m = self.cfg.model
+            self._lmm = load_model(m.name, m.dtype, m.device, m.device_map)
+            if self.cfg.cma.head_set not in self._lmm.head_sets:
+                raise ValueError(f"config key cma.head_set: {self._lmm.model_id} has no {self.cfg.cma.head_set!r} heads (it has {', '.join(self._lmm.head_sets)})")
         return self._lmm
 
     @property
@@ -83,7 +86,8 @@ def _means(ctx: Context) -> None:
     from mmfv.stages import means_stage
 
     c = ctx.cfg
-    means_stage(ctx.lmm, ctx.data, c.data.relations, ctx.dir("means"), c.cma.n_mean, c.cma.shots, c.cma.only_correct, progress=ctx.progress)
+    means_stage(ctx.lmm, ctx.data, c.data.relations, ctx.dir("means"), c.cma.n_mean, c.cma.shots, c.cma.only_correct,
+                progress=ctx.progress, head_set=c.cma.head_set)
 
 
 def _cma(ctx: Context) -> None:
@@ -91,7 +95,7 @@ def _cma(ctx: Context) -> None:
 
     c = ctx.cfg.cma
     res = cma_stage(ctx.lmm, ctx.data, ctx.cfg.data.relations, ctx.dir("cma"), c.n_mean, c.n_cma, c.shots, c.engine, c.top_k, c.batch_size,
-                    c.only_correct, ctx.progress, means_dir=ctx.dir("means"))
+                    c.only_correct, ctx.progress, means_dir=ctx.dir("means"), head_set=c.head_set)
     for r, v in res["relations"].items():
         log.info("CMA %s: top-%d share %.3f, top heads %s", r, c.top_k, v["top_share"], v["top_heads"][:3])
 

@@ -61,35 +61,39 @@ def load_cma(folder: str | Path, relation: str) -> cma.CMAResult:
 
 
 def means_stage(lmm: LMM, data: DataSettings, relations: Sequence[str], out: Path, n_mean: int = 100, shots: int = 5,
-                only_correct: bool = False, batch_size: int = 32, progress: bool = False) -> dict:
+                only_correct: bool = False, batch_size: int = 32, progress: bool = False, head_set: str = "self") -> dict:
     """Mean head activations over clean ``eval`` prompts: ``<out>/<rel>.safetensors`` (means, n)."""
     out = Path(out)
     items = data.items(lmm, "eval", R.CARDINAL if set(relations) <= set(R.CARDINAL) else relations)
     res = {}
     for rel in relations:
         clean = P.build("clean", items[rel], items, shots, n_mean, data.seed)
-        m, n = cma.mean_activations(lmm, clean, batch_size, only_correct, progress=progress)
-        write_safetensors(out / f"{rel}.safetensors", {"means": m}, {"n": str(n), "relation": rel, "config_hash": lmm.config_hash()})
-        res[rel] = {"n_used": n, "n_prompts": len(clean), "shots": shots, "only_correct": only_correct, "mean_norm": round(float(m.norm()), 5)}
+        m, n = cma.mean_activations(lmm, clean, batch_size, only_correct, head_set=head_set, progress=progress)
+        write_safetensors(out / f"{rel}.safetensors", {"means": m}, {"n": str(n), "relation": rel, "config_hash": lmm.config_hash(), "head_set": head_set})
+        res[rel] = {"n_used": n, "n_prompts": len(clean), "shots": shots, "only_correct": only_correct, "head_set": head_set,
+                    "mean_norm": round(float(m.norm()), 5)}
     write_json(out / "results.json", {"model": lmm.model_id, "relations": res})
     return res
 
 
-def load_means(folder: str | Path, relation: str) -> tuple[torch.Tensor, int]:
+def load_means(folder: str | Path, relation: str, head_set: str = "self") -> tuple[torch.Tensor, int]:
     path = Path(folder) / f"{relation}.safetensors"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: run the means stage for {relation} first")
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:
-        n = int(f.metadata()["n"])
+        meta = f.metadata()
+    n = int(meta["n"])
+    if meta.get("head_set", "self") != head_set:
+        raise ValueError(f"{path} holds means of the {meta.get('head_set', 'self')!r} heads, not {head_set!r}: rerun the means stage")
     return load_file(str(path))["means"], n
 
 
 def cma_stage(
     lmm: LMM, data: DataSettings, relations: Sequence[str], out: Path, n_mean: int = 100, n_cma: int = 25, shots: int = 5,
     engine: str = "fast", top_k: int = 10, batch_size: int = 8, only_correct: bool = False, progress: bool = False,
-    means_dir: Path | None = None,
+    means_dir: Path | None = None, head_set: str = "self",
 ) -> dict:
     """IE on corrupted ``eval`` prompts per relation (means from ``means_dir`` or computed on clean
     ``eval`` prompts); heatmaps; results.json."""
@@ -101,8 +105,8 @@ def cma_stage(
         clean = P.build("clean", items[rel], items, shots, n_mean, data.seed)
         corrupt = P.build("corrupted", items[rel], items, shots, n_cma, data.seed + 1)
         res = cma.run_cma(lmm, clean, corrupt, engine=engine, batch_size=batch_size, only_correct=only_correct,
-                          checkpoint=out / "checkpoints" / f"{rel}.pt", progress=progress,
-                          means=load_means(means_dir, rel) if means_dir else None)
+                          checkpoint=out / "checkpoints" / f"{rel}.pt", progress=progress, head_set=head_set,
+                          means=load_means(means_dir, rel, head_set) if means_dir else None)
         save_cma(res, lmm, out)
         top = res.top_heads(top_k)
         plots.aie_heatmap(res.aie, top, f"AIE, {rel} ({lmm.model_id}); top {top_k} boxed", out / f"aie_{rel}.png")
@@ -114,7 +118,8 @@ def cma_stage(
             "n_mean": res.n_mean, "n_cma": len(corrupt), "engine": engine,
             "aie": [[round(float(x), 6) for x in row] for row in res.aie],
         }
-    summary = {"model": lmm.model_id, "config_hash": lmm.config_hash(), "n_layers": lmm.n_layers, "n_heads": lmm.n_heads,
+    hs = lmm.head_sets[head_set]
+    summary = {"model": lmm.model_id, "config_hash": lmm.config_hash(), "head_set": head_set, "n_layers": hs.n_layers, "n_heads": hs.n_heads,
                "top_k": top_k, "shots": shots, "relations": results}
     write_json(out / "results.json", summary)
     return summary

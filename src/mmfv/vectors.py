@@ -119,10 +119,15 @@ class FunctionVector:
 
 
 def head_contribution(lmm: LMM, layer: int, head: int, mean: torch.Tensor, head_set: str = "self") -> torch.Tensor:
-    """``W_O[:, h·d:(h+1)·d] @ mean`` (D,): what one head's mean output writes into the residual."""
+    """``gate · W_O[:, h·d:(h+1)·d] @ mean`` (D,): what one head's mean output writes into the residual.
+
+    ``gate`` is 1 for plain attention; for gated cross-attention it is the block's tanh gate, without
+    which cross-head vectors would be off by that factor (0 for an unopened gate)."""
     W = lmm.o_proj(layer, head_set).weight  # (D, H*d)
     d = mean.shape[-1]
-    return W[:, head * d : (head + 1) * d].detach().float() @ mean.float()
+    gate = lmm.head_output_gate(layer, head_set)  # float, (1,) or (D,)
+    out = W[:, head * d : (head + 1) * d].detach().float() @ mean.float()  # (D,)
+    return out * (gate.to(out.device) if isinstance(gate, torch.Tensor) else float(gate))
 
 
 def build(lmm: LMM, means: torch.Tensor, heads: Sequence[tuple[int, int]], relation: str, head_set: str = "self", extra: dict | None = None) -> FunctionVector:

@@ -12,7 +12,8 @@ import types
 import pytest
 import torch
 
-from mmfv import hooks
+from mmfv import cma, hooks
+from mmfv import vectors as V
 from mmfv import prompts as P
 from mmfv.data import scenes as S
 from mmfv.data import synthetic
@@ -199,6 +200,57 @@ def test_patched_heads_agree_between_full_forward_and_fast_path(fam):
         assert (got - want).abs().max() <= 1e-5, hs_name
 
 
+def test_fast_cma_equals_the_reference_engine(fam, data):
+    """run_cma's two engines on the family itself: per-head IE from the KV-cached last-token batches
+    equals one full pass per head, for every head set (self and, where present, cross)."""
+    lmm = fam.lmm
+    corrupted = P.build("corrupted", data["left"], data, 2, 2, 5)
+    for hs_name in head_sets(lmm):
+        means, used = cma.mean_activations(lmm, fam.prompts, batch_size=8, head_set=hs_name)
+        assert used == len(fam.prompts) and means.shape == (lmm.head_sets[hs_name].n_layers, 4, 16)
+        fast = cma.ie_fast(lmm, corrupted, means, heads_per_batch=3, head_set=hs_name)
+        ref = torch.stack([cma.ie_reference(lmm, p, means, head_set=hs_name) for p in corrupted])
+        assert fast.shape == ref.shape and ref.abs().max() > 0, hs_name
+        assert (fast - ref).abs().max() < 1e-5, hs_name
+
+
+# cross-attention block parameters: (attention gate, MLP gate) as each family names them
+GATES = {"idefics": ("alpha_cross_attn", "alpha_dense"), "mllama": ("cross_attn_attn_gate", "cross_attn_mlp_gate")}
+
+
+@pytest.mark.parametrize("family", sorted(GATES))
+def test_cross_head_vector_is_what_the_head_writes_into_the_residual(family, data):
+    """A cross head's FV term is tanh(gate) · W_O slice · a: checked against the residual change the
+    patched head really makes (MLP gate closed, so the block adds only gated attention)."""
+    lmm = build(family)
+    attn_gate, mlp_gate = GATES[family]
+    blocks = lmm._cross_blocks
+    with torch.no_grad():
+        for blk in blocks:
+            getattr(blk, attn_gate).fill_(0.7)
+            getattr(blk, mlp_gate).zero_()
+    batch = lmm.encode(P.build("clean", data["left"], data, 1, 2, 0))
+    B, layer, head = batch.size, lmm.head_sets["cross"].n_layers - 1, 2
+    val = torch.randn(16, generator=torch.Generator().manual_seed(0))
+    outs = []
+    for v in (torch.zeros(16), val):
+        box = {}
+        h = blocks[layer].register_forward_hook(lambda m, a, o: box.update(out=(o[0] if isinstance(o, tuple) else o)[:, -1].detach()))
+        try:
+            with hooks.patch_heads(lmm, {layer: (torch.arange(B), torch.full((B,), head), v.expand(B, -1))}, head_set="cross"):
+                lmm.forward(batch)
+        finally:
+            h.remove()
+        outs.append(box["out"])
+    gate = lmm.head_output_gate(layer, "cross")
+    assert torch.allclose(gate, torch.full_like(gate, torch.tanh(torch.tensor(0.7)).item()))
+    want = V.head_contribution(lmm, layer, head, val, "cross")
+    assert (outs[1] - outs[0] - want).abs().max() < 1e-5
+    no_gate = lmm.o_proj(layer, "cross").weight[:, head * 16 : (head + 1) * 16].detach() @ val
+    assert (want - no_gate).abs().max() > 1e-3  # the gate really matters here
+    assert lmm.head_output_gate(0, "self") == 1.0
+
+
 def test_added_vector_gets_gradient_with_weights_frozen(fam):
     lmm, batch = fam.lmm, fam.batch
     lmm.freeze()
@@ -282,3 +334,35 @@ def test_load_model_one_line_errors(tmp_path):
     assert "\n" not in str(e.value)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_model(str(tmp_path / "missing"))
+
+
+def test_load_options_dtype_and_one_line_errors(tmp_path, data):
+    lmm = build("llava")
+    _save(lmm, tmp_path)
+    half = load_model(str(tmp_path), dtype="bfloat16")
+    assert half.dtype == torch.bfloat16 and half.forward(half.encode(P.build("clean", data["left"], data, 1, 1, 0))).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="dtype 'int8' is not supported"):
+        load_model(str(tmp_path), dtype="int8")
+    with pytest.raises(ValueError, match="either a device or a device_map"):
+        load_model(str(tmp_path), device="cpu", device_map="auto")
+    with pytest.raises(ValueError, match="runs on the CPU in float32"):
+        load_model("tiny", device_map="auto")
+
+
+def test_cross_head_cma_and_vector_through_the_stages(tmp_path):
+    """``[cma] head_set = "cross"`` end to end on a cross-attention family: means, CMA, FV extraction
+    with the gate folded in (the FV is the sum of gated head contributions)."""
+    from mmfv.stages import DataSettings, cma_stage, extract_stage, load_cma, means_stage
+
+    lmm = build("idefics")
+    lmm.scene_config = lambda: SCENE
+    ds = DataSettings(scenes={"eval": 60})
+    means_stage(lmm, ds, ["left"], tmp_path / "means", n_mean=4, shots=1, head_set="cross")
+    with pytest.raises(ValueError, match="holds means of the 'cross' heads"):
+        cma_stage(lmm, ds, ["left"], tmp_path / "cma_bad", n_mean=4, n_cma=2, shots=1, top_k=3, means_dir=tmp_path / "means")
+    res = cma_stage(lmm, ds, ["left"], tmp_path / "cma", n_mean=4, n_cma=2, shots=1, top_k=3, means_dir=tmp_path / "means", head_set="cross")
+    assert res["head_set"] == "cross" and len(res["relations"]["left"]["aie"]) == lmm.head_sets["cross"].n_layers
+    fv = V.FunctionVector.load(extract_stage(lmm, tmp_path / "cma", ["left"], 3, tmp_path / "vectors")["left"])
+    c = load_cma(tmp_path / "cma", "left")
+    want = sum(V.head_contribution(lmm, l, h, c.means[l, h], "cross") for l, h in fv.heads)
+    assert c.head_set == "cross" and torch.allclose(fv.vector, want)

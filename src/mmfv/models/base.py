@@ -105,6 +105,11 @@ class LMM(abc.ABC):
     def decoder_layer(self, layer: int) -> nn.Module:
         """Decoder layer ``layer``; its output is the residual stream after it."""
 
+    def head_output_gate(self, layer: int, head_set: str = "self") -> float | torch.Tensor:
+        """Factor between ``o_proj``'s output and what reaches the residual stream: 1 for plain
+        attention; gated (Flamingo-style) cross-attention returns its gate, a scalar or (D,)."""
+        return 1.0
+
     # --- running ------------------------------------------------------------------------------
     @abc.abstractmethod
     def encode(self, prompts: Sequence[Prompt]) -> Batch:

@@ -162,9 +162,14 @@ class HFLMM(LMM):
         self._answer_ids: dict[str, int] = {}
         self._layers = list(attr_path(model, spec.layers))
         self._self = [attr_path(l, spec.self_attn) for l in self._layers if _has(l, spec.self_attn)]
-        self._cross = []
+        self._cross, self._cross_blocks = [], []
         if spec.cross_layers:
-            self._cross = [getattr(c, spec.cross_attn) for c in attr_path(model, spec.cross_layers) if hasattr(c, spec.cross_attn)]
+            self._cross_blocks = [c for c in attr_path(model, spec.cross_layers) if hasattr(c, spec.cross_attn)]
+            self._cross = [getattr(c, spec.cross_attn) for c in self._cross_blocks]
+            if not self._cross:
+                raise ValueError(f"spec {spec.family}: no module under {spec.cross_layers} has {spec.cross_attn!r}")
+            if spec.cross_gate and not all(_has(c, spec.cross_gate) for c in self._cross_blocks):
+                raise ValueError(f"spec {spec.family}: a cross-attention block under {spec.cross_layers} has no {spec.cross_gate!r}")
         if not self._self:
             raise ValueError(f"spec {spec.family}: no decoder layer under {spec.layers} has {spec.self_attn!r}")
         fwd = inspect.signature(type(model).forward).parameters
@@ -173,8 +178,13 @@ class HFLMM(LMM):
 
     # --- loading ------------------------------------------------------------------------------
     @classmethod
-    def load(cls, name: str | Path, spec: Spec | None = None, dtype: torch.dtype | str | None = None, device: str | None = None) -> "HFLMM":
-        """Load by hub id (from the local HF cache when offline) or from a local folder."""
+    def load(cls, name: str | Path, spec: Spec | None = None, dtype: torch.dtype | str | None = None, device: str | None = None,
+             device_map: str | dict | None = None) -> "HFLMM":
+        """Load by hub id (from the local HF cache when offline) or from a local folder.
+
+        ``dtype``: "auto" (the checkpoint's), "float32", "bfloat16", "float16". ``device``: one device;
+        ``device_map`` (e.g. "auto"): spread a model too big for one GPU (needs ``accelerate``).
+        Inputs go to the device of the first parameter (the embeddings / vision tower)."""
         import transformers
         from transformers import AutoConfig
         from transformers.utils import logging as hf_logging
@@ -183,13 +193,24 @@ class HFLMM(LMM):
 
         hf_logging.disable_progress_bar()
         name = str(name)
+        if isinstance(dtype, str) and dtype != "auto":
+            if dtype not in ("float32", "bfloat16", "float16"):
+                raise ValueError(f"dtype {dtype!r} is not supported: use auto, float32, bfloat16 or float16")
+            dtype = getattr(torch, dtype)
+        kw: dict[str, Any] = {"dtype": dtype or "auto"}
+        if device_map is not None:
+            import importlib.util
+
+            if importlib.util.find_spec("accelerate") is None:
+                raise ImportError("device_map needs the accelerate package: pip install accelerate (or load on one device with device=...)")
+            kw["device_map"] = device_map
         try:
             config = AutoConfig.from_pretrained(name)
         except OSError as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise FileNotFoundError(f"cannot load {name!r}: no local folder and not in the Hugging Face cache ({first})") from None
         spec = spec or specs.for_config(config)
-        model = getattr(transformers, spec.model_class).from_pretrained(name, dtype=dtype or "auto")
+        model = getattr(transformers, spec.model_class).from_pretrained(name, **kw)
         if device:
             model = model.to(device)
         return cls(model, load_processor(name, spec), spec, model_id=name)
@@ -239,6 +260,13 @@ class HFLMM(LMM):
 
     def decoder_layer(self, layer: int) -> nn.Module:
         return self._layers[layer]
+
+    def head_output_gate(self, layer: int, head_set: str = "self") -> float | torch.Tensor:
+        """tanh of the spec's ``cross_gate`` for "cross" heads (scalar (1,) or per-channel (D,)), else 1."""
+        if head_set == "self" or not self.spec.cross_gate:
+            return 1.0
+        self.o_proj(layer, head_set)  # validates head set and layer
+        return attr_path(self._cross_blocks[layer], self.spec.cross_gate).detach().float().tanh().reshape(-1)
 
     @property
     def image_token_id(self) -> int:

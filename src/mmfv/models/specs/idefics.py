@@ -50,6 +50,7 @@ SPEC = Spec(
     model_class="IdeficsForVisionText2Text",
     layers="model.layers",
     cross_layers="model.gated_cross_attn_layers",
+    cross_gate="alpha_cross_attn",  # (1,) or (1, 1, D): residual += tanh(alpha) * cross_attn(...)
     template=Template(image_token=IMAGE, prefix="<s>", demo="{image}Q: {query}. A: {answer}.{eoc}", eoc="\n"),
     expand=False,
     text_kwargs={"add_special_tokens": False},  # the template writes <s> itself, as the processor does

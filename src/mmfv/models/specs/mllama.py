@@ -72,6 +72,7 @@ SPEC = Spec(
     processor_class="MllamaProcessor",
     layers="model.language_model.layers",  # self- and cross-attention decoder layers, interleaved
     cross_layers="model.language_model.layers",
+    cross_gate="cross_attn_attn_gate",  # residual += tanh(gate) * cross_attn(...)
     template=Template(image_token="<|image|>", prefix="<|begin_of_text|>", demo="{image}Q: {query}. A: {answer}.{eoc}", eoc="\n"),
     image_token_id="image_token_index",
     expand=False,

@@ -46,6 +46,7 @@ class Spec:
     o_proj: str = "o_proj"  # output projection inside an attention module
     cross_layers: str | None = None  # ModuleList holding the cross-attention modules, if any
     cross_attn: str = "cross_attn"  # cross-attention module inside an entry of ``cross_layers``
+    cross_gate: str | None = None  # parameter in an entry of ``cross_layers``: the residual gets tanh(gate) * attention output
     image_token_id: str = "image_token_id"  # config attribute: id of the image-feature token (else the processor's)
     token_types: str | None = None  # name of the per-token image/text type ids the forward needs
     token_keys: tuple[str, ...] = ()  # other per-token (B, T, ...) forward inputs (cross-attention masks)
