@@ -65,6 +65,23 @@ def test_registry_covers_every_family_and_rejects_others():
     assert "\n" not in msg and "'bert'" in msg and all(f in msg for f in FAMILIES)
 
 
+def test_a_new_family_is_one_spec_file(tmp_path, monkeypatch):
+    """Any module with a SPEC in the specs package is a family; two files claiming one model_type fail."""
+    pkg = tmp_path / "extra_specs"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "fancy.py").write_text("import dataclasses\nfrom mmfv.models import specs\n"
+                                  "SPEC = dataclasses.replace(specs.get('llava'), family='fancy', model_types=('fancy_vlm',))\n")
+    (pkg / "helpers.py").write_text("X = 1\n")  # no SPEC: not a family
+    monkeypatch.syspath_prepend(str(tmp_path))
+    found = specs.discover("extra_specs")
+    assert [s.family for s in found] == ["fancy"] and found[0].model_types == ("fancy_vlm",)
+    (pkg / "twin.py").write_text("import dataclasses\nfrom mmfv.models import specs\n"
+                                 "SPEC = dataclasses.replace(specs.get('llava'), family='twin', model_types=('fancy_vlm',))\n")
+    with pytest.raises(RuntimeError, match="both claim 'fancy_vlm'"):
+        specs.discover("extra_specs")
+
+
 def test_sizes_and_modules(fam):
     lmm = fam.lmm
     assert (lmm.n_layers, lmm.hidden_size, lmm.head_dim, lmm.n_heads) == (2, 64, 16, 4)
@@ -329,7 +346,7 @@ def test_load_model_one_line_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no config.json"):
         load_model(str(tmp_path))
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
-    with pytest.raises(specs.UnsupportedModel, match="supported are qwen2_vl") as e:
+    with pytest.raises(specs.UnsupportedModel, match="supported are gemma3, idefics,") as e:
         load_model(str(tmp_path))
     assert "\n" not in str(e.value)
     with pytest.raises(FileNotFoundError, match="does not exist"):

@@ -1,17 +1,38 @@
 """Model-family specs: one small declarative file per family, and the registry that picks one.
 
-``for_config(config)`` picks the spec from a transformers config's ``model_type`` (or, failing that,
-its ``architectures``); an unsupported family raises one line naming the supported ones.
+Every module in this package that defines ``SPEC`` is a family: adding a family is adding one file
+(docs/adding-a-model-family.md). ``for_config(config)`` picks the spec from a transformers config's
+``model_type`` (or, failing that, its ``architectures``); an unsupported family raises one line naming
+the supported ones.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import Any
 
-from mmfv.models.specs import gemma3, idefics, idefics2, idefics3, internvl, llava, llava_onevision, mllama, qwen2_5_vl, qwen2_vl, qwen3_vl, smolvlm
 from mmfv.models.specs.spec import CrossVision, Spec
 
-SPECS: tuple[Spec, ...] = (qwen2_vl.SPEC, qwen2_5_vl.SPEC, qwen3_vl.SPEC, idefics2.SPEC, idefics3.SPEC, smolvlm.SPEC, llava.SPEC, llava_onevision.SPEC, gemma3.SPEC, internvl.SPEC, idefics.SPEC, mllama.SPEC)
+
+def discover(package: str = __name__) -> tuple[Spec, ...]:
+    """The SPEC of every module in ``package``, in module-name order; two claiming one name fail loudly."""
+    pkg = importlib.import_module(package)
+    found: list[Spec] = []
+    for m in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
+        spec = getattr(importlib.import_module(f"{package}.{m.name}"), "SPEC", None)
+        if isinstance(spec, Spec):
+            found.append(spec)
+    seen: dict[str, str] = {}
+    for s in found:
+        for key in {s.family, *s.model_types}:
+            if key in seen:
+                raise RuntimeError(f"model specs {seen[key]} and {s.family} both claim {key!r}: one family per model_type")
+            seen[key] = s.family
+    return tuple(found)
+
+
+SPECS: tuple[Spec, ...] = discover()
 BY_FAMILY: dict[str, Spec] = {s.family: s for s in SPECS}
 
 
@@ -44,4 +65,4 @@ def for_config(config: Any) -> Spec:
     raise UnsupportedModel(f"unsupported model family: {what}; supported are {', '.join(supported())}")
 
 
-__all__ = ["CrossVision", "Spec", "SPECS", "UnsupportedModel", "for_config", "get", "supported"]
+__all__ = ["CrossVision", "Spec", "SPECS", "UnsupportedModel", "discover", "for_config", "get", "supported"]
