@@ -358,6 +358,9 @@ def test_load_options_dtype_and_one_line_errors(tmp_path, data):
     _save(lmm, tmp_path)
     half = load_model(str(tmp_path), dtype="bfloat16")
     assert half.dtype == torch.bfloat16 and half.forward(half.encode(P.build("clean", data["left"], data, 1, 1, 0))).dtype == torch.bfloat16
+    prompts = P.build("clean", data["left"], data, 1, 2, 0)
+    mapped = load_model(str(tmp_path), device_map="cpu")  # the accelerate path, on the one device there is
+    assert torch.equal(mapped.forward(mapped.encode(prompts)), lmm.forward(lmm.encode(prompts)))
     with pytest.raises(ValueError, match="dtype 'int8' is not supported"):
         load_model(str(tmp_path), dtype="int8")
     with pytest.raises(ValueError, match="either a device or a device_map"):
