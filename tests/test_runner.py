@@ -118,3 +118,20 @@ def test_two_gloo_processes_equal_one(model_dir, reference_run, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 processes" in (out / "log.txt").read_text()
     assert results(out) == results(ref_out)
+
+
+def test_finetune_layer_is_chosen_on_val(reference_run):
+    """Every layer is tried at the headline size; the kept one has the best val accuracy (ties: the
+    extracted FV's layer, then the lowest), and the saved tuned vector says which layer it is for."""
+    from mmfv.vectors import FunctionVector
+
+    out, _ = reference_run
+    ft = json.loads((out / "finetune" / "results.json").read_text())
+    ev = json.loads((out / "eval" / "results.json").read_text())
+    for rel, r in ft["relations"].items():
+        search = {int(l): a for l, a in r["layer_search_val"].items()}
+        assert sorted(search) == list(range(len(ev["relations"][rel]["layer_sweep_val"])))
+        want = max(search, key=lambda l: (search[l], l == ev["relations"][rel]["best_layer"], -l))
+        assert r["layer"] == want
+        assert r["by_size"]["16"]["val_acc"] == search[want]
+        assert FunctionVector.load(out / "finetune" / "vectors" / f"{rel}.safetensors").extra["layer"] == want

@@ -318,6 +318,13 @@ def _finetune(res: Results) -> str:
         srows = [[r, *[Raw(f"{b['fv_tuned']:.3f} <small>ep {b.get('best_epoch', '?')}</small>") if (b := v["by_size"].get(s)) else None for s in sizes]]
                  for r, v in ft["relations"].items()]
         out += "<h3>Fine-tuned FV by training-set size</h3>" + _table(["relation", *[f"n={s}" for s in sizes]], srows, caption="Test accuracy (best epoch on val).")
+    search = {r: v["layer_search_val"] for r, v in ft["relations"].items() if v.get("layer_search_val")}
+    if search:
+        layers = sorted({int(l) for v in search.values() for l in v})
+        lrows = [[l, *[(Raw(f"<b>{search[r][str(l)]:.3f}</b>") if ft["relations"][r].get("layer") == l else search[r].get(str(l))) for r in search]]
+                 for l in layers]
+        out += "<h3>Fine-tuning layer (chosen on val)</h3>" + _table(["layer", *search], lrows,
+                                                                      caption=f"Val accuracy of the vector fine-tuned at each layer (n={hs}); bold: the layer kept.")
     icl_k = {r: v.get("icl_by_shots", {}) for r, v in ft["relations"].items()}
     if any(icl_k.values()):
         ks = _by_k(next(v for v in icl_k.values() if v))

@@ -131,7 +131,7 @@ def _finetune(ctx: Context) -> None:
     layers = {r: ev["relations"][r]["best_layer"] for r in ctx.cfg.data.relations}
     st = FinetuneSettings(epochs=c.epochs, lr=c.lr, schedule=c.schedule, batch_size=c.batch_size, seed=ctx.cfg.data.seed)
     res = finetune_stage(ctx.lmm, ctx.data, _fvs(ctx, ctx.dir("vectors")), layers, ctx.dir("finetune"), c.sizes, c.headline_size, c.shots,
-                         c.n, st, ctx.cfg.run.batch_size, ctx.progress)
+                         c.n, st, ctx.cfg.run.batch_size, ctx.progress, search_layers=c.layers if c.search_layers else None)
     log.info("fine-tuning (test): %s", res["mean"])
 
 

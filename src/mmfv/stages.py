@@ -198,10 +198,15 @@ def _chance(items: Sequence[P.Item]) -> float:
 def finetune_stage(
     lmm: LMM, data: DataSettings, fvs: dict[str, V.FunctionVector], layers: dict[str, int], out: Path,
     sizes: Sequence[int] = (25, 50, 100, 200, 400), headline_size: int = 200, shots: Sequence[int] = tuple(range(1, 9)),
-    n_eval: int = 200, settings=None, batch_size: int = 64, progress: bool = False,
+    n_eval: int = 200, settings=None, batch_size: int = 64, progress: bool = False, search_layers: Sequence[int] | None = None,
 ) -> dict:
     """Per relation: ICL k-shot baselines, extracted FV, FV fine-tuned from it (per training size),
-    and FV fine-tuned from a random init (headline size), all on the same ``test`` queries."""
+    and FV fine-tuned from a random init (headline size), all on the same ``test`` queries.
+
+    ``layers[rel]`` is the extracted FV's layer (chosen on val by the eval stage). With
+    ``search_layers`` (empty: every layer) the vector is tuned at the headline size at each of those
+    layers and the layer with the best ``val`` accuracy is kept (ties: the FV's own layer, then the
+    lowest): a tuned vector need not live where the extracted one worked best."""
     from mmfv.finetune import FinetuneSettings, finetune
 
     settings = settings or FinetuneSettings(seed=data.seed)
@@ -213,6 +218,10 @@ def finetune_stage(
     for rel, fv in fvs.items():
         fv.check_model(lmm)
         layer = layers[rel]
+        cands = list(range(lmm.n_layers)) if search_layers is not None and not search_layers else list(search_layers or [])
+        for l in cands:
+            if not 0 <= l < lmm.n_layers:
+                raise ValueError(f"fine-tuning layer {l} is out of range: the model has layers 0..{lmm.n_layers - 1}")
         zs_val = P.build("zero-shot", val[rel], val, 0, n_eval, data.seed)
         zs_test = P.build("zero-shot", test[rel], test, 0, n_eval, data.seed)
         icl_k = {str(k): evaluate.accuracy(lmm, P.build("clean", test[rel], test, k, n_eval, data.seed), batch_size=batch_size)["acc"] for k in shots}
@@ -223,8 +232,18 @@ def finetune_stage(
         for n in sizes:
             if n > len(pool):
                 raise ValueError(f"training size {n} exceeds the {len(pool)} {rel} items of the train split: enlarge it")
+        if cands:  # choose the fine-tuning layer on val, at the headline size
+            tr = P.build("zero-shot", pool, train, 0, headline_size, data.seed)
+            search = {l: finetune(lmm, fv.vector, l, tr, zs_val, settings, out / "checkpoints" / f"{rel}_n{headline_size}_L{l}.pt", progress)
+                      for l in cands}
+            layer = max(search, key=lambda l: (search[l].best_val_acc, l == layers[rel], -l))
+            r["layer_search_val"] = {str(l): f.best_val_acc for l, f in search.items()}
+            r["layer"] = layer
+            r["fv_at_layer"] = evaluate.accuracy(lmm, zs_test, fv.vector, layer, batch_size)["acc"]
+        for n in sizes:
             tr = P.build("zero-shot", pool, train, 0, n, data.seed)
-            ft = finetune(lmm, fv.vector, layer, tr, zs_val, settings, out / "checkpoints" / f"{rel}_n{n}.pt", progress)
+            ck = out / "checkpoints" / (f"{rel}_n{n}_L{layer}.pt" if cands else f"{rel}_n{n}.pt")
+            ft = finetune(lmm, fv.vector, layer, tr, zs_val, settings, ck, progress)
             acc = evaluate.accuracy(lmm, zs_test, ft.vector, layer, batch_size)["acc"]
             r["by_size"][str(n)] = {"fv_tuned": acc, "best_epoch": ft.best_epoch, "val_acc": ft.best_val_acc}
             r["curves"][str(n)] = ft.curve
@@ -235,7 +254,7 @@ def finetune_stage(
                 r["fv_tuned"] = acc
                 g = torch.Generator().manual_seed(data.seed)
                 rand = torch.randn(lmm.hidden_size, generator=g) * float(fv.vector.norm()) / lmm.hidden_size**0.5
-                ftr = finetune(lmm, rand, layer, tr, zs_val, settings, out / "checkpoints" / f"{rel}_n{n}_random.pt", progress)
+                ftr = finetune(lmm, rand, layer, tr, zs_val, settings, out / "checkpoints" / f"{rel}_n{n}_random_L{layer}.pt", progress)
                 r["fv_random_init"] = evaluate.accuracy(lmm, zs_test, ftr.vector, layer, batch_size)["acc"]
                 r["curves"][f"{n}_random"] = ftr.curve
         if "fv_tuned" not in r:
@@ -293,8 +312,10 @@ def compose_stage(
             "composed_grid": acc(zt, C.composed(fvs, rel, a_best, b_best).vector, layer), "grid_choice": [a_best, b_best],
             "icl_by_shots": {str(k): evaluate.accuracy(lmm, P.build("clean", test[rel], test, k, n_eval, data.seed), batch_size=batch_size)["acc"] for k in shots},
         }
-        if tuned:
-            r["composed_tuned"] = acc(zt, C.composed(tuned, rel).vector, layer)
+        if tuned:  # tuned vectors may live at other layers: the composed one gets its own val-chosen layer
+            tv = C.composed(tuned, rel).vector
+            r["layer_tuned"] = evaluate.best_layer(evaluate.layer_sweep(lmm, zv, tv, batch_size))
+            r["composed_tuned"] = acc(zt, tv, r["layer_tuned"])
         res["relations"][rel] = r
         res[rel] = {k: r[k] for k in ("chance", "single_best", "composed")}
         if progress:
