@@ -18,7 +18,7 @@ SMALL = {
     "icl": {"shots": [0, 1, 2], "n": 8},
     "cma": {"n_mean": 8, "n_cma": 6, "shots": 2, "top_k": 3, "batch_size": 2},
     "eval": {"n": 8, "head_counts": [1, 2]},
-    "finetune": {"sizes": [8, 16], "headline_size": 16, "epochs": 2, "shots": [1, 2], "n": 8, "batch_size": 8},
+    "finetune": {"sizes": [8, 16], "headline_size": 16, "epochs": 2, "shots": [1, 2], "n": 8, "batch_size": 8, "search_layers": True},
     "compose": {"grid": [1.0, 2.0], "shots": [1], "n": 8},
     "run": {"batch_size": 16, "threads": 1},
 }

@@ -72,7 +72,7 @@ class FinetuneSection:
     epochs: int = 20
     lr: float = 1e-2
     schedule: str = "cosine"
-    search_layers: bool = True  # tune at each candidate layer (headline size), keep the best on val
+    search_layers: bool = False  # tune at each candidate layer (headline size), keep the best on val (else: the FV's layer)
     layers: list[int] = field(default_factory=list)  # candidate layers; empty: every layer
     batch_size: int = 16
     shots: list[int] = field(default_factory=lambda: list(range(1, 9)))
