@@ -16,6 +16,7 @@ from mmfv.models import load_model
 from mmfv.models.tiny.adapter import TinyLMM, check_folder
 from mmfv.models.tiny.modeling import MmfvTinyConfig, MmfvTinyForCausalLM
 from mmfv.models.tiny.tokenizer import IMG, TinyTokenizer
+from tests.models import contract
 
 SCENE = S.SceneConfig(grid=4, cell_px=8)
 RELS = ("above", "below", "left", "right")
@@ -84,15 +85,7 @@ def test_patching_last_position_changes_nothing_earlier(lmm, batch):
 
 
 def test_added_vector_gets_gradient_with_weights_frozen(lmm, batch):
-    lmm.freeze()
-    before = {k: v.clone() for k, v in lmm.module.state_dict().items()}
-    vec = torch.zeros(lmm.hidden_size, requires_grad=True)
-    with hooks.add_to_layer(lmm, 0, vec):
-        loss = torch.nn.functional.cross_entropy(lmm.forward(batch)[:, -1], batch.answer_ids)
-    loss.backward()
-    assert vec.grad is not None and vec.grad.abs().sum() > 0
-    assert all(p.grad is None for p in lmm.module.parameters())
-    assert all(torch.equal(before[k], v) for k, v in lmm.module.state_dict().items())
+    contract.vector_gets_gradient_with_weights_frozen(lmm, batch, 0)
 
 
 def test_prefix_then_last_equals_full_forward(lmm, batch):
