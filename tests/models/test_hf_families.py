@@ -319,13 +319,18 @@ def _save(lmm: HFLMM, folder) -> None:
         name = type(lmm.processor).__name__
         lmm.processor.image_processor.save_pretrained(folder)
         lmm.processor.tokenizer.save_pretrained(folder)
-        (folder / "processor_config.json").write_text(json.dumps({"processor_class": name}))
+        # as on the hub: the processor's own settings (e.g. image_seq_len) in processor_config.json
+        import inspect
+
+        own = {k: getattr(lmm.processor, k) for k in inspect.signature(type(lmm.processor).__init__).parameters
+               if not k.endswith(("_processor", "tokenizer", "template")) and isinstance(getattr(lmm.processor, k, None), (int, float, str, bool))}
+        (folder / "processor_config.json").write_text(json.dumps({"processor_class": name, **own}))
         # as on the hub: a video processor config, which cannot load without torchvision
         video = {"video_processor_type": name.replace("Processor", "VideoProcessor"), "processor_class": name}
         (folder / "video_preprocessor_config.json").write_text(json.dumps(video))
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "mllama"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "smolvlm", "mllama"])
 def test_load_model_routes_a_local_folder_to_the_spec(family, tmp_path, data):
     lmm = build(family)
     _save(lmm, tmp_path)
@@ -379,3 +384,28 @@ def test_cross_head_cma_and_vector_through_the_stages(tmp_path):
     c = load_cma(tmp_path / "cma", "left")
     want = sum(V.head_contribution(lmm, l, h, c.means[l, h], "cross") for l, h in fv.heads)
     assert c.head_set == "cross" and torch.allclose(fv.vector, want)
+
+
+@pytest.mark.parametrize("family,head_set", [("qwen2_5_vl", "self"), ("idefics", "cross")])
+def test_mmfv_run_end_to_end_on_a_saved_hf_model(family, head_set, tmp_path):
+    """`mmfv run` on an HF model folder: every stage, no code that names the family."""
+    from mmfv import config as C, runner
+
+    _save(build(family), tmp_path / "model")
+    cfg = C.from_dict({
+        "model": {"name": str(tmp_path / "model")},
+        "data": {"eval_scenes": 60, "train_scenes": 80, "val_scenes": 40, "test_scenes": 60},
+        "icl": {"shots": [0, 1], "n": 6},
+        "cma": {"n_mean": 6, "n_cma": 3, "shots": 2, "top_k": 3, "batch_size": 2, "head_set": head_set},
+        "eval": {"n": 6, "head_counts": [1, 2]},
+        "finetune": {"sizes": [8], "headline_size": 8, "epochs": 2, "shots": [1], "n": 6, "batch_size": 8},
+        "compose": {"grid": [1.0], "shots": [1], "n": 6},
+        "run": {"batch_size": 16, "threads": 1},
+    })
+    timings = runner.run(cfg, tmp_path / "out", quiet=True)
+    assert list(timings) == list(runner.STAGES)
+    cma_res = json.loads((tmp_path / "out" / "cma" / "results.json").read_text())
+    assert cma_res["head_set"] == head_set and cma_res["n_layers"] == 2 and cma_res["n_heads"] == 4
+    ft = json.loads((tmp_path / "out" / "finetune" / "results.json").read_text())
+    assert set(ft["mean"]) == {"icl_best", "fv", "fv_tuned", "fv_random_init"}
+    assert (tmp_path / "out" / "report" / "report.html").exists()

@@ -77,16 +77,36 @@ def load_processor(name: str, spec: Spec) -> Any:
             raise
         first = e
     cls = getattr(transformers, spec.processor_class)
+    params = inspect.signature(cls.__init__).parameters
     parts = {"image_processor": AutoImageProcessor.from_pretrained(name), "tokenizer": AutoTokenizer.from_pretrained(name)}
+    parts.update({k: None for k in params if k.endswith("_processor") and k not in parts})  # e.g. video_processor
     extra = {}
-    cfg = Path(name) / "processor_config.json"
-    if cfg.exists():
-        extra = {k: v for k, v in json.loads(cfg.read_text()).items() if k in inspect.signature(cls.__init__).parameters and k not in parts}
+    cfg = _processor_config(name)
+    if cfg is not None:
+        extra = {k: v for k, v in json.loads(Path(cfg).read_text()).items() if k in params and k not in parts}
     try:
         with lenient_subprocessors():
             return cls(**parts, **extra)
-    except Exception as e:  # pragma: no cover - report the first failure, it names the real cause
-        raise RuntimeError(f"cannot build a {spec.processor_class} for {name}: {first}") from e
+    except Exception as e:  # report both failures: the first names the real cause
+        raise RuntimeError(f"cannot build a {spec.processor_class} for {name}: {_first_line(first)}; then: {_first_line(e)}") from e
+
+
+def _processor_config(name: str) -> str | None:
+    """Path of the model's processor_config.json (local folder or HF cache), or None."""
+    local = Path(name) / "processor_config.json"
+    if local.exists():
+        return str(local)
+    from transformers.utils import cached_file
+
+    try:
+        return cached_file(name, "processor_config.json", _raise_exceptions_for_missing_entries=False)
+    except OSError:
+        return None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 class _RecordingTokenizer:
