@@ -107,6 +107,33 @@ def test_foreign_folder_is_refused_unless_forced(model_dir, reference_run, tmp_p
         runner.run(small_config(model_dir), junk, quiet=True)
 
 
+def test_changed_model_weights_are_not_taken_for_finished(model_dir, tmp_path):
+    """Same config, same model path, other weights (a new release, a retrained checkpoint): the
+    folder is refused, and --force reruns every stage."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from mmfv.models import fingerprint
+
+    mine = tmp_path / "model"
+    shutil.copytree(model_dir, mine)
+    assert fingerprint(str(mine)) == fingerprint(str(model_dir))  # content, not location
+    cfg = C.from_dict({**SMALL, "model": {"name": str(mine)}})
+    out = tmp_path / "out"
+    runner.run(cfg, out, only="icl", quiet=True)
+    assert runner.run(cfg, out, only="icl", quiet=True) == {}  # unchanged: skipped
+    w = load_file(str(mine / "model.safetensors"))
+    k = sorted(w)[0]
+    w[k] = w[k] + torch.ones_like(w[k])
+    save_file(w, str(mine / "model.safetensors"), metadata={"format": "pt"})
+    assert fingerprint(str(mine)) != fingerprint(str(model_dir))
+    with pytest.raises(runner.RunError, match="another version of the model"):
+        runner.run(cfg, out, only="icl", quiet=True)
+    assert list(runner.run(cfg, out, only="icl", force=True, quiet=True)) == ["icl"]
+
+
 def test_two_gloo_processes_equal_one(model_dir, reference_run, tmp_path):
     ref_out, _ = reference_run
     cfg_path = tmp_path / "cfg.toml"

@@ -66,6 +66,11 @@ def test_load_into_another_model_and_corrupt_files(lmm, means, tmp_path):
     other = random_tiny(seed=3, hidden=48, heads=4)
     with pytest.raises(V.VectorError, match="not from this model"):
         V.FunctionVector.load(path, other)
+    retrained = random_tiny(seed=5)  # the same architecture and config, other weights
+    assert retrained.module.config.to_dict() == lmm.module.config.to_dict()
+    with pytest.raises(V.VectorError, match="not from this model"):
+        V.FunctionVector.load(path, retrained)
+    assert V.FunctionVector.load(path, random_tiny(seed=2)).relation == "left"  # equal weights: fine
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(path.read_bytes()[:40])
     with pytest.raises(V.VectorError, match="not a readable mmfv function vector"):

@@ -13,6 +13,7 @@ unless ``force`` (which clears it first — results of two configs are never mix
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 import sys
@@ -43,6 +44,13 @@ class Context:
     out: Path
     progress: bool
     _lmm: object = None
+    _run_hash: str = ""
+
+    @property
+    def run_hash(self) -> str:
+        if not self._run_hash:
+            self._run_hash = run_hash(self.cfg)
+        return self._run_hash
 
     @property
     def lmm(self):
@@ -177,6 +185,13 @@ def _setup_logging(out: Path, quiet: bool) -> None:
             log.addHandler(sh)
 
 
+def run_hash(cfg: C.Config) -> str:
+    """What a finished stage is marked with: the config's hash and the model weights' fingerprint."""
+    from mmfv.models import fingerprint
+
+    return hashlib.sha256(f"{cfg.hash()}:{fingerprint(cfg.model.name)}".encode()).hexdigest()[:16]
+
+
 def _claim_folder(cfg: C.Config, out: Path, force: bool) -> None:
     meta = out / "run.json"
     if meta.exists():
@@ -187,18 +202,25 @@ def _claim_folder(cfg: C.Config, out: Path, force: bool) -> None:
             if dist.is_main():
                 for stage in STAGES:
                     shutil.rmtree(out / stage, ignore_errors=True)
+        elif old.get("run_hash") != run_hash(cfg):
+            if not force:
+                raise RunError(f"{out} holds results of another version of the model {cfg.model.name!r} (its weights changed): "
+                               "choose another output folder or pass --force to clear it")
+            if dist.is_main():
+                for stage in STAGES:
+                    shutil.rmtree(out / stage, ignore_errors=True)
     elif out.exists() and any(out.iterdir()) and not force:
         raise RunError(f"{out} is not empty and holds no mmfv run: choose another output folder or pass --force")
     if dist.is_main():
         out.mkdir(parents=True, exist_ok=True)
-        write_json(meta, {"config_hash": cfg.hash(), "mmfv_version": __version__, "model": cfg.model.name})
+        write_json(meta, {"config_hash": cfg.hash(), "run_hash": run_hash(cfg), "mmfv_version": __version__, "model": cfg.model.name})
         write_bytes(out / "config.toml", cfg.to_toml().encode())
     dist.barrier()
 
 
 def _is_done(ctx: Context, stage: str) -> bool:
     marker = ctx.dir(stage) / ".done"
-    return marker.exists() and marker.read_text().strip() == ctx.cfg.hash()
+    return marker.exists() and marker.read_text().strip() == ctx.run_hash
 
 
 def plan(only: str | None = None, start: str | None = None) -> list[str]:
@@ -242,7 +264,7 @@ def run(cfg: C.Config, out: Path | None = None, only: str | None = None, start: 
         RUNNERS[stage](ctx)
         dist.barrier()
         timings[stage] = round(time.perf_counter() - t0, 2)
-        write_bytes(ctx.dir(stage) / ".done", (cfg.hash() + "\n").encode())  # rank 0 only
+        write_bytes(ctx.dir(stage) / ".done", (ctx.run_hash + "\n").encode())  # rank 0 only
         dist.barrier()  # every process sees the marker before deciding on the next stage
         log.info("[%s] finished in %.1fs", stage, timings[stage])
     if dist.is_main():

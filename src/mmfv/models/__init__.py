@@ -57,3 +57,43 @@ def _hf(name: str, dtype: str | None, device: str | None, device_map: str | None
     from mmfv.models.hf import HFLMM
 
     return HFLMM.load(name, dtype=dtype, device=device, device_map=device_map)
+
+
+def fingerprint(name: str, max_hashed_bytes: int = 64 << 20) -> str:
+    """A cheap identity of the weights ``name`` refers to, without loading them.
+
+    Run folders record it so that results of a changed model (e.g. a new mmfv-tiny release, a
+    retrained checkpoint in the same folder) are never taken for finished. Local folders: every
+    file's name and size, and its content hash (files up to ``max_hashed_bytes``) or mtime (larger
+    ones: a copy then only costs a re-run). Hub ids: the cached snapshot's commit, else the id.
+    """
+    import hashlib
+
+    from mmfv.models.tiny.adapter import packaged_weights
+
+    if name in ("tiny", "mmfv-tiny"):
+        folder = packaged_weights()
+    elif name.startswith("openflamingo:"):
+        rest = name.split(":", 1)[1]
+        if rest == "tiny-random":
+            return "openflamingo-tiny-random"
+        folder = Path(rest)
+    else:
+        folder = Path(name)
+    if folder.is_dir():
+        h = hashlib.sha256()
+        for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+            st = f.stat()
+            h.update(f"{f.relative_to(folder)}\0{st.st_size}\0".encode())
+            if st.st_size <= max_hashed_bytes:
+                h.update(hashlib.sha256(f.read_bytes()).digest())
+            else:
+                h.update(str(st.st_mtime_ns).encode())
+        return h.hexdigest()[:16]
+    try:
+        from transformers.utils import cached_file
+
+        path = cached_file(name, "config.json", _raise_exceptions_for_missing_entries=False)
+    except (OSError, ValueError):
+        path = None
+    return f"hub:{name}@{Path(path).parent.name}" if path else f"hub:{name}"

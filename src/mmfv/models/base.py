@@ -182,11 +182,19 @@ class LMM(abc.ABC):
         """Logits (1, T+len(suffix), V) of a one-prompt batch continued by ``suffix_ids``."""
 
     def config_hash(self) -> str:
-        """Short hash of the model's config: vectors remember which model they came from."""
+        """Short hash of the model's config and a sample of its weights (first and last value of every
+        parameter): vectors remember which model they came from, and a retrained checkpoint of the
+        same architecture is another model. Cheap at any size (two values per tensor)."""
         cfg = getattr(self.module, "config", None)
         d = cfg.to_dict() if hasattr(cfg, "to_dict") else {"repr": repr(self.module)}
         d = {k: v for k, v in d.items() if k not in ("_name_or_path", "transformers_version", "torch_dtype", "dtype")}
-        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        h = hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode())
+        ends = [(n, p.reshape(-1)[[0, -1]]) for n, p in sorted(self.module.named_parameters()) if p.numel() and not p.is_meta]
+        if ends:
+            vals = torch.stack([v.detach().float() for _, v in ends]).cpu()  # (P, 2)
+            h.update(json.dumps([n for n, _ in ends]).encode())
+            h.update(vals.numpy().tobytes())
+        return h.hexdigest()[:16]
 
     def freeze(self) -> None:
         """Every weight frozen (fine-tuning trains only vectors)."""
