@@ -48,3 +48,30 @@ def test_analogy_vector(fvs):
     v = C.analogy_vector(fvs, "left", "above_left", "right")
     expect = (fvs["above"].vector + fvs["left"].vector) - fvs["left"].vector + fvs["right"].vector
     assert torch.allclose(v.vector, expect, atol=1e-6)
+
+
+def test_compose_stage_chooses_on_val_and_reports_on_test(fvs, tmp_path, monkeypatch):
+    """Every choice (composition layer, (a, b) grid point, tuned-composition layer, analogy layers)
+    is made on val prompts; test prompts are only ever run at the chosen layers."""
+    from mmfv import evaluate
+    from mmfv.stages import DataSettings, compose_stage
+
+    lmm = random_tiny(seed=5)
+    calls = []  # (split, layer) of every accuracy evaluation with a vector
+    real = evaluate.accuracy
+
+    def spy(lmm_, prompts, vector=None, layer=None, batch_size=64):
+        splits = {i.split("-")[0] for p in prompts for i in p.image_ids}
+        assert len(splits) == 1
+        if vector is not None:
+            calls.append((splits.pop(), layer))
+        return real(lmm_, prompts, vector, layer, batch_size)
+
+    monkeypatch.setattr(evaluate, "accuracy", spy)
+    res = compose_stage(lmm, DataSettings(scenes={"val": 60, "test": 60}), fvs, tmp_path, tuned=fvs, grid=(1.0, 2.0), shots=(1,), n_eval=6)
+    chosen = {v["layer"] for v in res["relations"].values()} | {v["layer_tuned"] for v in res["relations"].values()}
+    chosen |= {a["layer"] for a in res["analogies"].values()}
+    assert {s for s, _ in calls} == {"val", "test"}
+    assert {l for s, l in calls if s == "test"} <= chosen
+    for a in res["analogies"].values():
+        assert a["layer"] == max(range(lmm.n_layers), key=lambda l: (a["val_by_layer"][l], -l))
