@@ -75,3 +75,22 @@ def test_compose_stage_chooses_on_val_and_reports_on_test(fvs, tmp_path, monkeyp
     assert {l for s, l in calls if s == "test"} <= chosen
     for a in res["analogies"].values():
         assert a["layer"] == max(range(lmm.n_layers), key=lambda l: (a["val_by_layer"][l], -l))
+
+
+def test_answer_kinds_sort_predictions_by_what_they_name():
+    """Each prediction lands in one category; shares sum to 1."""
+    import types
+
+    from mmfv import prompts as P
+
+    def prompt(image, query, answer):
+        return types.SimpleNamespace(items=[P.Item(image, query, answer, "above_left", None)])
+
+    nb = {("i1", "q"): {"above": "a", "left": "l", "right": "r", "above_left": "d"}, ("i2", "q"): {"above_left": "d"}}
+    prompts = [prompt("i1", "q", "d")] * 5 + [prompt("i2", "q", "d")]
+    tok = {"d": 1, "a": 2, "l": 3, "q": 4, "r": 5}.get
+    got = C.answer_kinds("above_left", prompts, [1, 2, 3, 4, 5, 9], nb, tok)
+    assert got == {"diagonal (correct)": round(1 / 6, 4), "vertical neighbour": round(1 / 6, 4), "horizontal neighbour": round(1 / 6, 4),
+                   "query itself": round(1 / 6, 4), "other neighbour": round(1 / 6, 4), "elsewhere": round(1 / 6, 4)}
+    with pytest.raises(ValueError):
+        C.answer_kinds("above", prompts, [1] * 6, nb, tok)

@@ -48,3 +48,38 @@ def analogy_items(relations: Sequence[str] = R.SPATIAL, answers: Sequence[str] =
 def analogy_vector(fvs: Mapping[str, FunctionVector], a: str, b: str, c: str) -> FunctionVector:
     """FV_B − FV_A + FV_C."""
     return vector_for(fvs, b) - vector_for(fvs, a) + vector_for(fvs, c)
+
+
+ANSWER_KINDS = ("diagonal (correct)", "vertical neighbour", "horizontal neighbour", "query itself", "other neighbour", "elsewhere")
+
+
+def answer_kinds(relation: str, prompts: Sequence, predicted: Sequence[int], neighbours: Mapping[tuple[str, str], Mapping[str, str]],
+                 token_of) -> dict[str, float]:
+    """What a composed vector makes the model answer, as shares of ``prompts`` (a diagnostic of *how*
+    composition fails): the diagonal answer, the query's vertical or horizontal neighbour (one part
+    of the sum wins), the query itself, another neighbour, or something else.
+
+    ``neighbours[(image_id, query)]`` maps each spatial relation to its answer object in that scene;
+    ``token_of(name)`` gives an object name's first answer token (comparisons are by first token, in
+    the order of ANSWER_KINDS)."""
+    v, h = R.decompose(relation)
+    counts = dict.fromkeys(ANSWER_KINDS, 0)
+    for p, t in zip(prompts, predicted):
+        it = p.items[-1]
+        nb = neighbours.get((it.image_id, it.query), {})
+        firsts = {r: token_of(a) for r, a in nb.items()}
+        if t == token_of(it.answer):
+            kind = "diagonal (correct)"
+        elif firsts.get(v) == t:
+            kind = "vertical neighbour"
+        elif firsts.get(h) == t:
+            kind = "horizontal neighbour"
+        elif t == token_of(it.query):
+            kind = "query itself"
+        elif t in firsts.values():
+            kind = "other neighbour"
+        else:
+            kind = "elsewhere"
+        counts[kind] += 1
+    n = max(1, len(prompts))
+    return {k: round(c / n, 4) for k, c in counts.items()}

@@ -30,6 +30,31 @@ def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 @torch.no_grad()
+def predictions(
+    lmm: LMM,
+    prompts: Sequence[Prompt],
+    batch_size: int = 64,
+    context: Callable[[int], ContextManager] | None = None,
+    progress: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(predicted, answer) first-token ids, each (N,): the argmax at the last position and the answer's.
+
+    ``context(batch_size)`` may return a hook context (e.g. adding a vector) entered per batch.
+    Under torchrun each process runs whole batches and the results are summed across processes.
+    """
+    from mmfv import dist
+
+    pred = torch.zeros(len(prompts), dtype=torch.long)
+    ans = torch.zeros(len(prompts), dtype=torch.long)
+    starts = list(range(0, len(prompts), batch_size))
+    for i in tqdm([starts[j] for j in dist.shard(len(starts))], disable=not progress, desc="eval", leave=False):
+        batch = lmm.encode(prompts[i : i + batch_size])
+        with (context(batch.size) if context else nullcontext()):
+            pred[i : i + batch.size] = lmm.predict(batch).cpu()
+        ans[i : i + batch.size] = batch.answer_ids.cpu()
+    return dist.all_sum(pred), dist.all_sum(ans)
+
+
 def correct(
     lmm: LMM,
     prompts: Sequence[Prompt],
@@ -37,20 +62,9 @@ def correct(
     context: Callable[[int], ContextManager] | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
-    """(N,) bool: does the argmax first token equal the answer's first token?
-
-    ``context(batch_size)`` may return a hook context (e.g. adding a vector) entered per batch.
-    """
-    from mmfv import dist
-
-    out = torch.zeros(len(prompts), dtype=torch.long)
-    starts = list(range(0, len(prompts), batch_size))
-    for i in tqdm([starts[j] for j in dist.shard(len(starts))], disable=not progress, desc="eval", leave=False):
-        batch = lmm.encode(prompts[i : i + batch_size])
-        with (context(batch.size) if context else nullcontext()):
-            pred = lmm.predict(batch)
-        out[i : i + batch.size] = (pred.cpu() == batch.answer_ids.cpu()).long()
-    return dist.all_sum(out).bool()
+    """(N,) bool: does the argmax first token equal the answer's first token?"""
+    pred, ans = predictions(lmm, prompts, batch_size, context, progress)
+    return pred == ans
 
 
 def summarize(c: torch.Tensor) -> dict:

@@ -356,6 +356,16 @@ def _compose(res: Results) -> str:
             *([m.get("composed_tuned")] if tuned else []), *[""] * len(shots)]
     out = _table(hdr, rows, mean, caption=f"Zero-shot test accuracy on the diagonal relations, {_esc(co.get('n_eval', '?'))} prompts each; "
                  "composed = FV(vertical) + FV(horizontal), scaled by the (a, b) grid point best on val; layers chosen on val.")
+    kinds = {r: v["composed_answers"] for r, v in rels.items() if v.get("composed_answers")}
+    if kinds:
+        from mmfv.compose import ANSWER_KINDS
+
+        first = next(iter(kinds.values()))
+        names = [n for n in ANSWER_KINDS if n in first] + [n for n in first if n not in ANSWER_KINDS]  # results.json sorts keys
+        out += "<h3>What the composed vector makes the model answer</h3>" + _table(
+            ["relation", *names], [[r, *[k.get(n) for n in names]] for r, k in kinds.items()],
+            caption="Shares of the test prompts, composed a=b=1 at the chosen layer, by the predicted first token: the diagonal answer, "
+                    "the query's vertical or horizontal neighbour (one part of the sum wins), the query, another neighbour, or elsewhere.")
     side = [_img_file(d / "composition.png")] if (d / "composition.png").exists() else []
     after = ""
     for fam, a in (co.get("analogies") or {}).items():

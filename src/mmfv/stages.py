@@ -295,6 +295,10 @@ def compose_stage(
     def acc(prompts, vec, layer):
         return evaluate.accuracy(lmm, prompts, vec, layer, batch_size)["acc"]
 
+    neighbours: dict[tuple[str, str], dict[str, str]] = {}  # (image, query) -> relation -> answer, in test scenes
+    for r_, its in test.items():
+        for it in its:
+            neighbours.setdefault((it.image_id, it.query), {})[r_] = it.answer
     for rel in R.NOVEL:
         v, h = R.decompose(rel)
         zv, zt = zs(val, rel), zs(test, rel)
@@ -309,6 +313,8 @@ def compose_stage(
             "zero_shot": evaluate.accuracy(lmm, zt, batch_size=batch_size)["acc"],
             "single": singles, "single_best": max(singles.values()),
             "composed": acc(zt, base.vector, layer),
+            "composed_answers": C.answer_kinds(rel, zt, evaluate.predictions(lmm, zt, batch_size, evaluate.with_vector(lmm, base.vector, layer))[0].tolist(),
+                                               neighbours, lmm.answer_token_id),
             "composed_grid": acc(zt, C.composed(fvs, rel, a_best, b_best).vector, layer), "grid_choice": [a_best, b_best],
             "icl_by_shots": {str(k): evaluate.accuracy(lmm, P.build("clean", test[rel], test, k, n_eval, data.seed), batch_size=batch_size)["acc"] for k in shots},
         }
