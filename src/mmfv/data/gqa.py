@@ -151,6 +151,19 @@ def _keep_per_image(found: list[tuple[bytes, P.Item]], max_per_image: int | None
     return kept
 
 
+def _finish(found: Mapping[str, list[tuple[bytes, P.Item]]], relations: Sequence[str], max_per_image: int | None,
+            folder: Path, check: bool, empty_hint: str) -> dict[str, list[P.Item]]:
+    """Per relation, the kept items; a relation left with none is an error (``empty_hint`` says what
+    was filtered and what to do); with ``check``, every image must exist under ``folder``."""
+    out = {r: _keep_per_image(found[r], max_per_image) for r in relations}
+    for r, its in out.items():
+        if not its:
+            raise ValueError(f"relation {r!r}: no {empty_hint}")
+    if check:
+        check_images((it.image for its in out.values() for it in its), folder)
+    return out
+
+
 # ----------------------------------------------------------------------------- filters
 @dataclass(frozen=True)
 class Filters:
@@ -341,16 +354,8 @@ def build_items(
     for iid, sg in scene_graphs.items():
         for r, its in _image_items(str(iid), sg, str(folder / f"{iid}.jpg"), f).items():
             found[r].extend(its)
-    out = {r: _keep_per_image(found[r], f.max_per_image) for r in f.relations}
-    for r, its in out.items():
-        if not its:
-            raise ValueError(
-                f"relation {r!r}: no GQA items after filtering {len(scene_graphs)} images "
-                f"({f.describe()}); loosen the filters or drop the relation"
-            )
-    if check:
-        check_images((it.image for its in out.values() for it in its), folder)
-    return out
+    return _finish(found, f.relations, f.max_per_image, folder, check,
+                   f"GQA items after filtering {len(scene_graphs)} images ({f.describe()}); loosen the filters or drop the relation")
 
 
 @lru_cache(maxsize=4)

@@ -41,10 +41,9 @@ from mmfv import relations as R
 from mmfv.data.gqa import (
     DEFAULT_FRACTIONS,
     SPLITS,
+    _finish,
     _fractions,
-    _keep_per_image,
     _stable_key,
-    check_images,
     relation_name,
     split_items,
 )
@@ -195,16 +194,8 @@ def build_items(
         for a in sorted(ans):
             item = P.Item(iid, query, a, r, str(folder / files[iid]), tuple(sorted(names[iid])))
             found[r].append((_stable_key(iid, r, query, a), item))
-    out = {r: _keep_per_image(found[r], max_per_image) for r in wanted}
-    for r, its in out.items():
-        if not its:
-            raise ValueError(
-                f"relation {r!r}: no VSR items after filtering {len(rows)} rows "
-                f"({_describe(wanted, unique, max_per_image)}); drop the relation or add data"
-            )
-    if check:
-        check_images((it.image for its in out.values() for it in its), folder)
-    return out
+    return _finish(found, wanted, max_per_image, folder, check,
+                   f"VSR items after filtering {len(rows)} rows ({_describe(wanted, unique, max_per_image)}); drop the relation or add data")
 
 
 @lru_cache(maxsize=4)
