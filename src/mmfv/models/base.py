@@ -12,13 +12,62 @@ from __future__ import annotations
 import abc
 import hashlib
 import json
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
 
-from mmfv.prompts import Prompt, Template
+from mmfv.prompts import Item, Prompt, Template
+
+
+class FeatureCache:
+    """LRU cache of per-image encodings keyed by image id: the vision side runs once per image however
+    many prompts (and patched runs) reuse it. Shared by every adapter."""
+
+    def __init__(self, max_items: int = 4096) -> None:
+        self._d: OrderedDict[Any, Any] = OrderedDict()
+        self.max_items = max_items
+
+    def missing(self, items: Iterable[Item]) -> dict[str, Item]:
+        """The items whose image is not cached, one per image id, in first-seen order."""
+        need: dict[str, Item] = {}
+        for it in items:
+            if it.image_id not in self._d and it.image_id not in need:
+                need[it.image_id] = it
+        return need
+
+    def put(self, key: Any, value: Any) -> None:
+        self._d[key] = value
+        self._d.move_to_end(key)
+        if len(self._d) > self.max_items:
+            self._d.popitem(last=False)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        """The cached value (marked as just used), or ``default``."""
+        if key not in self._d:
+            return default
+        self._d.move_to_end(key)
+        return self._d[key]
+
+    def __getitem__(self, key: Any) -> Any:
+        value = self.get(key, _MISSING)
+        if value is _MISSING:
+            raise KeyError(key)
+        return value
+
+    def __contains__(self, key: Any) -> bool:
+        return key in self._d
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def clear(self) -> None:
+        self._d.clear()
+
+
+_MISSING = object()
 
 
 @dataclass

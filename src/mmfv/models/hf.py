@@ -23,7 +23,6 @@ import contextlib
 import copy
 import inspect
 import json
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -31,7 +30,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import nn
 
-from mmfv.models.base import LMM, Batch, HeadSet, Prefix
+from mmfv.models.base import LMM, Batch, FeatureCache, HeadSet, Prefix
 from mmfv.models.specs.spec import Spec
 from mmfv.prompts import Item, Prompt
 
@@ -176,8 +175,7 @@ class HFLMM(LMM):
         self.spec = spec
         self.template = spec.template
         self.model_id = model_id
-        self._images: OrderedDict[tuple[str, bool], _Image] = OrderedDict()  # (image_id, one of several?)
-        self._cache_max = cache_images
+        self._images = FeatureCache(cache_images)  # (image_id, one of several?) -> _Image
         self._text_kwargs: dict[str, Any] = {}
         self._answer_ids: dict[str, int] = {}
         self._layers = list(attr_path(model, spec.layers))
@@ -309,7 +307,6 @@ class HFLMM(LMM):
         key = (item.image_id, pair)
         rec = self._images.get(key)
         if rec is not None:
-            self._images.move_to_end(key)
             return rec
         imgs = [item.load_image()] * (2 if pair else 1)
         if spec.expand:
@@ -340,9 +337,7 @@ class HFLMM(LMM):
             feats = _first_half(feats)
             meta = {k: _first_half(v) for k, v in meta.items()}
         rec = _Image(text, meta, feats)
-        self._images[key] = rec
-        if len(self._images) > self._cache_max:
-            self._images.popitem(last=False)
+        self._images.put(key, rec)
         return rec
 
     def _to_model(self, d: dict[str, Any]) -> dict[str, Any]:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections import OrderedDict
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
@@ -42,7 +41,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from mmfv.models.base import LMM, Batch, HeadSet, Prefix
+from mmfv.models.base import LMM, Batch, FeatureCache, HeadSet, Prefix
 from mmfv.models.openflamingo import (
     ClipVisionEncoder,
     FlamingoConfig,
@@ -139,8 +138,7 @@ class OpenFlamingoLMM(LMM):
                 raise ValueError("pass an image processor for a vision encoder that is not a ClipVisionEncoder")
             processor = ClipImageProcessor.for_vision(vcfg)
         self.processor = processor
-        self._feat_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self._cache_max = cache_images
+        self._feat_cache = FeatureCache(cache_images)  # image id -> (num_latents, vis_dim)
         fc = model.flamingo_config
         img = tokenizer.convert_tokens_to_ids(self.template.image_token)
         if img != fc.media_token_id:
@@ -228,11 +226,7 @@ class OpenFlamingoLMM(LMM):
     # --- encoding -----------------------------------------------------------------------------
     def image_features(self, prompts: Sequence[Prompt], chunk: int = 32) -> list[torch.Tensor]:
         """Per prompt, (n_images, num_latents, vis_dim): vision encoder + perceiver, once per image."""
-        need: dict[str, Any] = {}
-        for p in prompts:
-            for it in p.items:
-                if it.image_id not in self._feat_cache and it.image_id not in need:
-                    need[it.image_id] = it
+        need = self._feat_cache.missing(it for p in prompts for it in p.items)
         if need:
             ids, items = list(need), list(need.values())
             dev = _device_of(self.module)
@@ -241,12 +235,7 @@ class OpenFlamingoLMM(LMM):
                 for s in range(0, len(items), chunk):
                     px = self.processor([it.load_image() for it in items[s : s + chunk]]).to(dev, dtype)
                     for iid, f in zip(ids[s : s + chunk], self.module.encode_images(px)):
-                        self._feat_cache[iid] = f
-                        if len(self._feat_cache) > self._cache_max:
-                            self._feat_cache.popitem(last=False)
-        for p in prompts:
-            for it in p.items:
-                self._feat_cache.move_to_end(it.image_id)
+                        self._feat_cache.put(iid, f)
         return [torch.stack([self._feat_cache[it.image_id] for it in p.items]) for p in prompts]
 
     def encode(self, prompts: Sequence[Prompt]) -> Batch:

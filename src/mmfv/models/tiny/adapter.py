@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
 from importlib import resources
 from pathlib import Path
 from typing import Sequence
@@ -11,7 +10,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from mmfv.models.base import LMM, Batch, Prefix
+from mmfv.models.base import LMM, Batch, FeatureCache, Prefix
 from mmfv.models.tiny.modeling import MmfvTinyConfig, MmfvTinyForCausalLM, image_groups_of
 from mmfv.models.tiny.tokenizer import BOS, PAD, TinyTokenizer
 from mmfv.models.tiny.train import pixels_of
@@ -47,8 +46,7 @@ class TinyLMM(LMM):
         self.model_id = model_id
         self.template = FLAMINGO
         self.card = card or {}
-        self._feat_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self._cache_max = cache_images
+        self._feat_cache = FeatureCache(cache_images)  # image id -> (grid², D)
 
     @classmethod
     def load(cls, path: str | Path = "tiny") -> "TinyLMM":
@@ -98,21 +96,12 @@ class TinyLMM(LMM):
     # --- encoding -----------------------------------------------------------------------------
     def image_features(self, prompts: Sequence[Prompt]) -> torch.Tensor:
         """(n_images, grid², D) for every image of ``prompts`` in order, each encoded once."""
-        need = {}
-        for p in prompts:
-            for it in p.items:
-                if it.image_id not in self._feat_cache and it.image_id not in need:
-                    need[it.image_id] = it
+        need = self._feat_cache.missing(it for p in prompts for it in p.items)
         if need:
             with torch.no_grad():
                 feats = self.module.encode_images(pixels_of([it.load_image() for it in need.values()]))
             for iid, f in zip(need, feats):
-                self._feat_cache[iid] = f
-                if len(self._feat_cache) > self._cache_max:
-                    self._feat_cache.popitem(last=False)
-        for p in prompts:
-            for it in p.items:
-                self._feat_cache.move_to_end(it.image_id)
+                self._feat_cache.put(iid, f)
         return torch.stack([self._feat_cache[it.image_id] for p in prompts for it in p.items])
 
     def encode(self, prompts: Sequence[Prompt]) -> Batch:
