@@ -43,14 +43,8 @@ class Context:
     cfg: C.Config
     out: Path
     progress: bool
+    run_hash: str  # config hash + model weights fingerprint, computed once per run
     _lmm: object = None
-    _run_hash: str = ""
-
-    @property
-    def run_hash(self) -> str:
-        if not self._run_hash:
-            self._run_hash = run_hash(self.cfg)
-        return self._run_hash
 
     @property
     def lmm(self):
@@ -192,7 +186,7 @@ def run_hash(cfg: C.Config) -> str:
     return hashlib.sha256(f"{cfg.hash()}:{fingerprint(cfg.model.name)}".encode()).hexdigest()[:16]
 
 
-def _claim_folder(cfg: C.Config, out: Path, force: bool) -> None:
+def _claim_folder(cfg: C.Config, out: Path, force: bool, rh: str) -> None:
     meta = out / "run.json"
     if meta.exists():
         old = read_json(meta)
@@ -202,7 +196,7 @@ def _claim_folder(cfg: C.Config, out: Path, force: bool) -> None:
             if dist.is_main():
                 for stage in STAGES:
                     shutil.rmtree(out / stage, ignore_errors=True)
-        elif old.get("run_hash") != run_hash(cfg):
+        elif old.get("run_hash") != rh:
             if not force:
                 raise RunError(f"{out} holds results of another version of the model {cfg.model.name!r} (its weights changed): "
                                "choose another output folder or pass --force to clear it")
@@ -213,7 +207,7 @@ def _claim_folder(cfg: C.Config, out: Path, force: bool) -> None:
         raise RunError(f"{out} is not empty and holds no mmfv run: choose another output folder or pass --force")
     if dist.is_main():
         out.mkdir(parents=True, exist_ok=True)
-        write_json(meta, {"config_hash": cfg.hash(), "run_hash": run_hash(cfg), "mmfv_version": __version__, "model": cfg.model.name})
+        write_json(meta, {"config_hash": cfg.hash(), "run_hash": rh, "mmfv_version": __version__, "model": cfg.model.name})
         write_bytes(out / "config.toml", cfg.to_toml().encode())
     dist.barrier()
 
@@ -242,9 +236,10 @@ def run(cfg: C.Config, out: Path | None = None, only: str | None = None, start: 
         import torch
 
         torch.set_num_threads(cfg.run.threads)
-    _claim_folder(cfg, out, force)
+    rh = run_hash(cfg)
+    _claim_folder(cfg, out, force, rh)
     _setup_logging(out, quiet)
-    ctx = Context(cfg, out, progress=not quiet and dist.is_main())
+    ctx = Context(cfg, out, not quiet and dist.is_main(), rh)
     log.info("mmfv %s run: model %s, config %s -> %s (%d process%s)", __version__, cfg.model.name, cfg.hash(), out, dist.world(), "es" if dist.world() > 1 else "")
     if start and dist.is_main():
         for s in stages:

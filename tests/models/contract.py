@@ -6,6 +6,7 @@ import torch
 
 from mmfv import hooks
 from mmfv.models.base import LMM, Batch
+from mmfv.prompts import Prompt
 
 
 def vector_gets_gradient_with_weights_frozen(lmm: LMM, batch: Batch, layer: int = 0) -> None:
@@ -19,3 +20,18 @@ def vector_gets_gradient_with_weights_frozen(lmm: LMM, batch: Batch, layer: int 
     assert vec.grad is not None and vec.grad.abs().sum() > 0
     assert all(p.grad is None for p in lmm.module.parameters())
     assert all(torch.equal(before[k], v) for k, v in lmm.module.state_dict().items())
+
+
+def images_encoded_once(lmm: LMM, prompts: list[Prompt], encoder: torch.nn.Module) -> None:
+    """``encoder`` (the adapter's vision module) sees each distinct image once; a second encode reuses all."""
+    calls: list[int] = []
+    h = encoder.register_forward_hook(lambda m, a, o: calls.append(a[0].shape[0]))
+    try:
+        lmm._feat_cache.clear()
+        lmm.encode(prompts)
+        first = sum(calls)
+        lmm.encode(prompts)
+        assert sum(calls) == first  # the second encode reuses every image
+        assert first == len({i for p in prompts for i in p.image_ids})
+    finally:
+        h.remove()

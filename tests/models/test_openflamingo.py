@@ -443,17 +443,7 @@ def test_added_vector_gets_gradient_with_weights_frozen(batch):
 
 
 def test_images_are_encoded_once_per_image(lmm, data):
-    calls = []
-    h = lmm.module.vision_encoder.register_forward_hook(lambda m, a, o: calls.append(a[0].shape[0]))
-    try:
-        lmm._feat_cache.clear()
-        prompts = P.build("clean", data["left"], data, 3, 2, 0)
-        lmm.encode(prompts)
-        first = sum(calls)
-        lmm.encode(prompts)
-        assert sum(calls) == first == len({i for p in prompts for i in p.image_ids})
-    finally:
-        h.remove()
+    contract.images_encoded_once(lmm, P.build("clean", data["left"], data, 3, 2, 0), lmm.module.vision_encoder)
 
 
 @torch.no_grad()

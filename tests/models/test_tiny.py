@@ -95,18 +95,7 @@ def test_prefix_then_last_equals_full_forward(lmm, batch):
 
 
 def test_image_features_are_cached_per_image(lmm, data):
-    calls = []
-    h = lmm.module.model.patch_embed.register_forward_hook(lambda m, a, o: calls.append(a[0].shape[0]))
-    try:
-        lmm._feat_cache.clear()
-        prompts = P.build("clean", data["left"], data, 3, 2, 0)
-        lmm.encode(prompts)
-        first = sum(calls)
-        lmm.encode(prompts)
-        assert sum(calls) == first  # second encode reuses every image
-        assert first == len({i for p in prompts for i in p.image_ids})
-    finally:
-        h.remove()
+    contract.images_encoded_once(lmm, P.build("clean", data["left"], data, 3, 2, 0), lmm.module.model.patch_embed)
 
 
 def test_answer_probs_and_generation(lmm, batch):

@@ -388,14 +388,18 @@ def items(
     fr = _fractions(fractions)
     paths = tuple(str(Path(p).resolve()) for p in _paths(scene_graphs))
     built = _cached(paths, str(Path(image_dir).resolve()), f, check)
+    return _pick_split(built, split, seed, fr, "GQA", f"{f.describe()}); use more images or loosen the filters")
+
+
+def _pick_split(built: Mapping[str, Sequence[P.Item]], split: str, seed: int, fr: Any, what: str, hint: str) -> dict[str, list[P.Item]]:
+    """One split of ``built`` (leak-free by image); a relation with no items there is a one-line error
+    ending in ``hint`` (what was filtered, then what to do)."""
     per_split = split_items(built, seed, dict(fr))
     if split not in per_split:
         raise ValueError(f"split {split!r} has fraction 0: give it a share in fractions")
     out = per_split[split]
     for r, its in out.items():
         if not its:
-            raise ValueError(
-                f"relation {r!r}: no GQA items in split {split!r} ({len(built[r])} over all splits, "
-                f"fractions {dict(fr)}, seed {seed}; {f.describe()}); use more images or loosen the filters"
-            )
+            raise ValueError(f"relation {r!r}: no {what} items in split {split!r} ({len(built[r])} over all splits, "
+                             f"fractions {dict(fr)}, seed {seed}; {hint}")
     return out

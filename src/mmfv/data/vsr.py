@@ -43,9 +43,9 @@ from mmfv.data.gqa import (
     SPLITS,
     _finish,
     _fractions,
+    _pick_split,
     _stable_key,
     relation_name,
-    split_items,
 )
 
 __all__ = [
@@ -227,14 +227,4 @@ def items(
     paths = tuple(str(Path(p).resolve()) for p in _paths(jsonl))
     rels = tuple(dict.fromkeys(relation_name(r) for r in relations))
     built = _cached(paths, str(Path(image_dir).resolve()), rels, unique, max_per_image, check)
-    per_split = split_items(built, seed, dict(fr))
-    if split not in per_split:
-        raise ValueError(f"split {split!r} has fraction 0: give it a share in fractions")
-    out = per_split[split]
-    for r, its in out.items():
-        if not its:
-            raise ValueError(
-                f"relation {r!r}: no VSR items in split {split!r} ({len(built[r])} over all splits, "
-                f"fractions {dict(fr)}, seed {seed}; {_describe(rels, unique, max_per_image)}); use more data"
-            )
-    return out
+    return _pick_split(built, split, seed, fr, "VSR", f"{_describe(rels, unique, max_per_image)}); use more data")
