@@ -1,33 +1,67 @@
 """Mean head activations and causal mediation analysis (indirect effect of every head).
 
-Definitions (shared/DESIGN.md §1): ā[l, h] is the mean head output at the last prompt position over
-clean prompts; for a corrupted prompt, IE[l, h] = P(y0 | head (l, h) := ā[l, h]) − P(y0); AIE is the
-mean IE over prompts. Two engines compute the same numbers:
+Definitions: ā[l, h] is the mean head output at the last prompt position over clean prompts; for a
+corrupted prompt, IE[l, h] = m(y0 | head (l, h) := ā[l, h]) − m(y0), where the metric m is the
+probability of the first answer token (the paper's; log-probability and logit difference are
+options, :data:`METRICS`); AIE is the mean IE over prompts. Two engines compute the same numbers:
 
 - ``reference``: the published algorithm — one full forward pass of the whole prompt per head,
   batch 1 (1 + L·H passes per prompt);
 - ``fast``: the prompt's positions < T-1 run once and their KV cache is kept (patching the last
   position cannot change anything before it, attention being causal); then only the last token is
   run, once per patched head, many heads per batch sharing that cache.
+
+These are functions of model + prompts + metric. How they run (which process takes which batch,
+progress bars, checkpoints) is the caller's :class:`mmfv.execution.Execution`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
-from mmfv import dist, hooks
+from mmfv import hooks
+from mmfv.execution import LOCAL, Checkpoint, Execution
 from mmfv.models.base import LMM
 from mmfv.prompts import Prompt
 
 ENGINES = ("fast", "reference")
+
+Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""(logits (B, V), answer ids (B,)) -> (B,) score of the answer."""
+
+
+def _prob(logits: torch.Tensor, answer: torch.Tensor) -> torch.Tensor:
+    return logits.float().softmax(-1).gather(-1, answer[:, None])[:, 0]
+
+
+def _logprob(logits: torch.Tensor, answer: torch.Tensor) -> torch.Tensor:
+    return logits.float().log_softmax(-1).gather(-1, answer[:, None])[:, 0]
+
+
+def _logit_diff(logits: torch.Tensor, answer: torch.Tensor) -> torch.Tensor:
+    """Answer logit minus the largest other logit (positive iff the answer is the argmax)."""
+    lg = logits.float()
+    own = lg.gather(-1, answer[:, None])[:, 0]
+    rest = lg.scatter(-1, answer[:, None], float("-inf")).max(-1).values
+    return own - rest
+
+
+METRICS: dict[str, Metric] = {"prob": _prob, "logprob": _logprob, "logit_diff": _logit_diff}
+"""What an indirect effect measures the change of: P(first answer token) (default, the paper's),
+its log, or its logit minus the best competitor's."""
+
+
+def metric_fn(metric: str | Metric) -> Metric:
+    if callable(metric):
+        return metric
+    if metric not in METRICS:
+        raise ValueError(f"unknown CMA metric {metric!r}: choose one of {', '.join(METRICS)}")
+    return METRICS[metric]
 
 
 class ActivationError(ValueError):
@@ -41,20 +75,16 @@ def mean_activations(
     batch_size: int = 32,
     only_correct: bool = False,
     head_set: str = "self",
-    progress: bool = False,
+    ex: Execution = LOCAL,
 ) -> tuple[torch.Tensor, int]:
     """ā (L, H, d): mean head output at the last position over ``prompts``; and how many were used.
 
     ``only_correct`` keeps only prompts whose argmax first token is the answer (as the paper does).
     """
     hs = lmm.head_sets[head_set]
-    total = torch.zeros(hs.n_layers, hs.n_heads, hs.head_dim, dtype=torch.float64)
-    used = 0
-    starts = list(range(0, len(prompts), batch_size))
-    # Under torchrun each process takes whole batches (so every batch is the one a single process
-    # would run) and the sums are reduced at the end.
-    for i in tqdm([starts[j] for j in dist.shard(len(starts))], disable=not progress, desc="means", leave=False):
-        batch = lmm.encode(prompts[i : i + batch_size])
+
+    def batch_sum(lo: int, hi: int) -> tuple[torch.Tensor, int]:
+        batch = lmm.encode(prompts[lo:hi])
         with hooks.read_heads(lmm, head_set=head_set) as store:
             logits = lmm.last_logits(batch)
         keep = torch.ones(batch.size, dtype=torch.bool)
@@ -62,11 +92,11 @@ def mean_activations(
             keep = logits.argmax(-1).cpu() == batch.answer_ids.cpu()
         acts = torch.stack([store[l] for l in range(hs.n_layers)], dim=1).double().cpu()  # (B, L, H, d)
         if not torch.isfinite(acts).all():
-            raise ActivationError(f"non-finite head activations in prompts {i}..{i + batch.size - 1}: check the model's dtype and inputs")
-        total += acts[keep].sum(0)
-        used += int(keep.sum())
-    total = dist.all_sum(total)
-    used = int(dist.all_sum(torch.tensor(used)))
+            raise ActivationError(f"non-finite head activations in prompts {lo}..{hi - 1}: check the model's dtype and inputs")
+        return acts[keep].sum(0), int(keep.sum())
+
+    zero = (torch.zeros(hs.n_layers, hs.n_heads, hs.head_dim, dtype=torch.float64), 0)
+    total, used = ex.sum_batches(batch_sum, len(prompts), batch_size, "means", zero)
     if used == 0:
         raise ActivationError("no prompt qualified for the mean (only_correct=True and the model answered none correctly)")
     return (total / used).float(), used
@@ -78,39 +108,38 @@ def _all_heads(n_layers: int, n_heads: int) -> torch.Tensor:
     return torch.stack([l.flatten(), h.flatten()], dim=1)
 
 
-def _prob(logits: torch.Tensor, answer: torch.Tensor) -> torch.Tensor:
-    return logits.float().softmax(-1).gather(-1, answer[:, None])[:, 0]
-
-
 @torch.no_grad()
-def ie_reference(lmm: LMM, prompt: Prompt, means: torch.Tensor, head_set: str = "self") -> torch.Tensor:
+def ie_reference(lmm: LMM, prompt: Prompt, means: torch.Tensor, head_set: str = "self", metric: str | Metric = "prob") -> torch.Tensor:
     """IE (L, H) of one corrupted prompt by the published algorithm: one full pass per head, batch 1."""
+    m = metric_fn(metric)
     L, H, _ = means.shape
     batch = lmm.encode([prompt])
     ans = batch.answer_ids
-    p_c = _prob(lmm.last_logits(batch), ans)[0]
+    p_c = m(lmm.last_logits(batch), ans)[0]
     out = torch.zeros(L, H)
     one = torch.zeros(1, dtype=torch.long)
     for l in range(L):
         for h in range(H):
             with hooks.patch_heads(lmm, {l: (one, torch.tensor([h]), means[l, h][None])}, head_set=head_set):
-                out[l, h] = _prob(lmm.last_logits(batch), ans)[0] - p_c
+                out[l, h] = m(lmm.last_logits(batch), ans)[0] - p_c
     return out
 
 
 @torch.no_grad()
-def ie_fast(lmm: LMM, prompts: Sequence[Prompt], means: torch.Tensor, heads_per_batch: int = 64, head_set: str = "self") -> torch.Tensor:
+def ie_fast(lmm: LMM, prompts: Sequence[Prompt], means: torch.Tensor, heads_per_batch: int = 64, head_set: str = "self",
+            metric: str | Metric = "prob") -> torch.Tensor:
     """IE (N, L, H) of corrupted prompts: one pass over positions < T-1, then the last token only.
 
     Each chunk of ``heads_per_batch`` (layer, head) pairs runs as one batch of last-token rows that
     share the prompt's cache; row j of prompt i patches pair j.
     """
+    m = metric_fn(metric)
     L, H, _ = means.shape
     batch = lmm.encode(prompts)
     N = batch.size
     ans = batch.answer_ids
     pre = lmm.prefix(batch)
-    p_c = _prob(lmm.last(pre, 1), ans)  # (N,)
+    p_c = m(lmm.last(pre, 1), ans)  # (N,)
     pairs = _all_heads(L, H)
     ie = torch.zeros(N, L * H)
     for start in range(0, len(pairs), heads_per_batch):
@@ -124,7 +153,7 @@ def ie_fast(lmm: LMM, prompts: Sequence[Prompt], means: torch.Tensor, heads_per_
             patches[l] = (rows, heads, means[l, heads])
         with hooks.patch_heads(lmm, patches, head_set=head_set):
             logits = lmm.last(pre, R)  # (N*R, V)
-        p = _prob(logits, ans.repeat_interleave(R)).view(N, R)
+        p = m(logits, ans.repeat_interleave(R)).view(N, R)
         ie[:, start : start + R] = p - p_c[:, None]
     return ie.view(N, L, H)
 
@@ -166,6 +195,52 @@ class CMAResult:
         return float(sum(pos[l, h] for l, h in self.top_heads(k))) / tot if tot > 0 else 0.0
 
 
+def indirect_effects(
+    lmm: LMM,
+    corrupted_prompts: Sequence[Prompt],
+    means: torch.Tensor,
+    engine: str = "fast",
+    batch_size: int = 8,
+    heads_per_batch: int = 64,
+    head_set: str = "self",
+    metric: str | Metric = "prob",
+    ex: Execution = LOCAL,
+    checkpoint: Checkpoint | None = None,
+) -> torch.Tensor:
+    """IE (N, L, H) of every head on each corrupted prompt, ``means`` (L, H, d) patched in.
+
+    ``fast`` runs prompts in batches of ``batch_size``, ``reference`` one at a time; ``ex`` runs the
+    chunks (and saves ``checkpoint`` after each round, from which a rerun resumes)."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown CMA engine {engine!r}: choose one of {', '.join(ENGINES)}")
+    if any(p.kind != "corrupted" for p in corrupted_prompts):
+        raise ValueError("CMA measures effects on corrupted prompts: build them with kind='corrupted'")
+    metric_fn(metric)
+    hs = lmm.head_sets[head_set]
+
+    def chunk(s: int, e: int) -> torch.Tensor:
+        if engine == "fast":
+            return ie_fast(lmm, corrupted_prompts[s:e], means, heads_per_batch, head_set, metric)
+        return ie_reference(lmm, corrupted_prompts[s], means, head_set, metric)[None]
+
+    def finite(rows: torch.Tensor, s: int, e: int) -> None:
+        if not torch.isfinite(rows).all():
+            raise ActivationError(f"non-finite indirect effects in prompts {s}..{e - 1}: check the model's dtype")
+
+    step = batch_size if engine == "fast" else 1
+    return ex.rows(chunk, len(corrupted_prompts), step, (hs.n_layers, hs.n_heads), f"cma {engine}", checkpoint, finite)
+
+
+def cma_fingerprint(lmm: LMM, mean_prompts: Sequence[Prompt], corrupted_prompts: Sequence[Prompt], engine: str, head_set: str,
+                    only_correct: bool, metric: str = "prob") -> dict:
+    """What an IE checkpoint belongs to: a rerun with any of these changed starts over."""
+    fp = {"prompts": prompts_fingerprint(corrupted_prompts), "means": prompts_fingerprint(mean_prompts), "engine": engine,
+          "model": lmm.config_hash(), "head_set": head_set, "only_correct": only_correct}
+    if metric != "prob":
+        fp["metric"] = metric
+    return fp
+
+
 def run_cma(
     lmm: LMM,
     mean_prompts: Sequence[Prompt],
@@ -174,72 +249,31 @@ def run_cma(
     batch_size: int = 8,
     heads_per_batch: int = 64,
     only_correct: bool = False,
-    checkpoint: str | os.PathLike | None = None,
+    checkpoint: str | None = None,
     head_set: str = "self",
-    progress: bool = False,
+    metric: str = "prob",
+    ex: Execution = LOCAL,
     means: tuple[torch.Tensor, int] | None = None,
 ) -> CMAResult:
     """Means over clean prompts (or the given ``(means, n_mean)``), then IE of every head on each
-    corrupted prompt.
+    corrupted prompt: the whole analysis for one relation in one call.
 
-    With ``checkpoint``, the IEs are saved after every prompt batch (atomically) and a rerun resumes
-    from them; a checkpoint from other prompts, engine or model is refused, never mixed in.
+    With ``checkpoint`` (a file path), the IEs are saved after every prompt batch and a rerun
+    resumes from them; a checkpoint from other prompts, engine or model is refused, never mixed in.
     """
-    if engine not in ENGINES:
-        raise ValueError(f"unknown CMA engine {engine!r}: choose one of {', '.join(ENGINES)}")
     relations = {p.relation for p in corrupted_prompts} | {p.relation for p in mean_prompts}
     if len(relations) != 1:
         raise ValueError(f"CMA runs one relation at a time; got {sorted(relations)}")
+    if engine not in ENGINES:
+        raise ValueError(f"unknown CMA engine {engine!r}: choose one of {', '.join(ENGINES)}")
     if any(p.kind != "corrupted" for p in corrupted_prompts):
         raise ValueError("CMA measures effects on corrupted prompts: build them with kind='corrupted'")
     if means is None:
-        means = mean_activations(lmm, mean_prompts, batch_size=max(batch_size, 16), only_correct=only_correct, head_set=head_set, progress=progress)
-    means, n_mean = means
-    hs = lmm.head_sets[head_set]
-    N = len(corrupted_prompts)
-    ie = torch.zeros(N, hs.n_layers, hs.n_heads)
-    done = 0
-    fp = {"prompts": prompts_fingerprint(corrupted_prompts), "means": prompts_fingerprint(mean_prompts), "engine": engine,
-          "model": lmm.config_hash(), "head_set": head_set, "only_correct": only_correct}
-    ck = Path(checkpoint) if checkpoint else None
-    if ck and ck.exists():
-        try:
-            st = torch.load(ck, weights_only=True)
-        except Exception as e:  # noqa: BLE001
-            raise ValueError(f"CMA checkpoint {ck} is unreadable ({type(e).__name__}): delete it to start over") from None
-        if json.loads(st["fingerprint"]) != fp:
-            raise ValueError(f"CMA checkpoint {ck} belongs to another run (prompts, engine or model differ): use another folder or --force")
-        done = int(st["done"])
-        ie[:done] = st["ie"][:done]
-    bar = tqdm(total=N, initial=done, disable=not progress, desc=f"cma {engine}", leave=False)
-    step = batch_size if engine == "fast" else 1
-    # Chunks start at multiples of `step` (a resumed run batches exactly like an uninterrupted one);
-    # under torchrun each round gives one chunk to each process and gathers the rows.
-    chunks = [(s, min(s + step, N)) for s in range(done, N, step)]
-    W = dist.world()
-    for i in range(0, len(chunks), W):
-        rnd = chunks[i : i + W]
-        part = torch.zeros(N, hs.n_layers, hs.n_heads)
-        if dist.rank() < len(rnd):
-            s, e = rnd[dist.rank()]
-            if engine == "fast":
-                part[s:e] = ie_fast(lmm, corrupted_prompts[s:e], means, heads_per_batch, head_set)
-            else:
-                part[s] = ie_reference(lmm, corrupted_prompts[s], means, head_set)
-        part = dist.all_sum(part) if W > 1 else part
-        s0, e1 = rnd[0][0], rnd[-1][1]
-        ie[s0:e1] = part[s0:e1]
-        if not torch.isfinite(ie[s0:e1]).all():
-            raise ActivationError(f"non-finite indirect effects in prompts {s0}..{e1 - 1}: check the model's dtype")
-        bar.update(e1 - done)
-        done = e1
-        if ck and dist.is_main():
-            ck.parent.mkdir(parents=True, exist_ok=True)
-            tmp = ck.with_name(ck.name + ".tmp")
-            torch.save({"fingerprint": json.dumps(fp), "done": torch.tensor(done), "ie": ie}, tmp)
-            os.replace(tmp, ck)
-    bar.close()
-    return CMAResult(next(iter(relations)), means, ie, n_mean, engine, head_set)
+        means = mean_activations(lmm, mean_prompts, batch_size=max(batch_size, 16), only_correct=only_correct, head_set=head_set, ex=ex)
+    m, n_mean = means
+    ck = Checkpoint(checkpoint, cma_fingerprint(lmm, mean_prompts, corrupted_prompts, engine, head_set, only_correct, metric)) if checkpoint else None
+    ie = indirect_effects(lmm, corrupted_prompts, m, engine, batch_size, heads_per_batch, head_set, metric, ex, ck)
+    return CMAResult(next(iter(relations)), m, ie, n_mean, engine, head_set)
 
 
 def attribution_patching(lmm: LMM, prompts: Sequence[Prompt], means: torch.Tensor, batch_size: int = 8, head_set: str = "self") -> torch.Tensor:

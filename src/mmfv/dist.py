@@ -1,9 +1,9 @@
-"""Scale-out over processes (torchrun): shard prompts, reduce results. A no-op in one process.
+"""Process-group primitives for scale-out (torchrun). A no-op in one process.
 
-Under ``torchrun --nproc-per-node N -m mmfv run …`` every process runs the same stages; means, CMA
-and evaluation split their prompts by index (rank r takes prompts r, r+N, …) and combine the
-partial results so every process ends with the full, identical tensors. Only rank 0 writes files.
-gloo on CPU, nccl on GPU.
+Under ``torchrun --nproc-per-node N -m mmfv run …`` every process runs the same stages;
+:class:`mmfv.execution.Execution` splits the work into whole batches (rank r takes batches r, r+N,
+…; CMA chunks round by round) and sums the partial results with :func:`all_sum`, so every process
+ends with the full, identical tensors. Only rank 0 writes files. gloo on CPU, nccl on GPU.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def barrier() -> None:
 
 
 def shard(n: int) -> list[int]:
-    """Indices of the n items this process handles."""
+    """Indices of the n units (batches) this process handles: r, r + world, …"""
     return list(range(rank(), n, world()))
 
 
@@ -53,13 +53,3 @@ def all_sum(t: torch.Tensor) -> torch.Tensor:
     t = t.clone()
     td.all_reduce(t, op=td.ReduceOp.SUM)
     return t
-
-
-def gather_rows(part: torch.Tensor, n: int) -> torch.Tensor:
-    """Reassemble a (n, ...) tensor whose rows i were computed by rank i % world, from each
-    rank's ``part`` (its rows in :func:`shard` order)."""
-    if not active():
-        return part
-    full = torch.zeros((n, *part.shape[1:]), dtype=part.dtype)
-    full[shard(n)] = part
-    return all_sum(full)

@@ -11,9 +11,9 @@ from contextlib import nullcontext
 from typing import Callable, ContextManager, Mapping, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from mmfv import prompts as P
+from mmfv.execution import LOCAL, Execution
 from mmfv.models.base import LMM
 from mmfv.prompts import Item, Prompt
 
@@ -35,24 +35,27 @@ def predictions(
     prompts: Sequence[Prompt],
     batch_size: int = 64,
     context: Callable[[int], ContextManager] | None = None,
-    progress: bool = False,
+    ex: Execution = LOCAL,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(predicted, answer) first-token ids, each (N,): the argmax at the last position and the answer's.
 
-    ``context(batch_size)`` may return a hook context (e.g. adding a vector) entered per batch.
-    Under torchrun each process runs whole batches and the results are summed across processes.
+    ``context(batch_size)`` may return a hook context (e.g. adding a vector) entered per batch;
+    ``ex`` decides which process runs which batch (every process gets the full result).
     """
-    from mmfv import dist
+    _check_batch_size(batch_size)
 
-    pred = torch.zeros(len(prompts), dtype=torch.long)
-    ans = torch.zeros(len(prompts), dtype=torch.long)
-    starts = list(range(0, len(prompts), batch_size))
-    for i in tqdm([starts[j] for j in dist.shard(len(starts))], disable=not progress, desc="eval", leave=False):
-        batch = lmm.encode(prompts[i : i + batch_size])
+    def run(lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = lmm.encode(prompts[lo:hi])
         with (context(batch.size) if context else nullcontext()):
-            pred[i : i + batch.size] = lmm.predict(batch).cpu()
-        ans[i : i + batch.size] = batch.answer_ids.cpu()
-    return dist.all_sum(pred), dist.all_sum(ans)
+            pred = lmm.predict(batch)
+        return pred, batch.answer_ids
+
+    return ex.map_batches(run, len(prompts), batch_size, "eval", [(torch.long, ()), (torch.long, ())])
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
 
 
 def correct(
@@ -60,10 +63,10 @@ def correct(
     prompts: Sequence[Prompt],
     batch_size: int = 64,
     context: Callable[[int], ContextManager] | None = None,
-    progress: bool = False,
+    ex: Execution = LOCAL,
 ) -> torch.Tensor:
     """(N,) bool: does the argmax first token equal the answer's first token?"""
-    pred, ans = predictions(lmm, prompts, batch_size, context, progress)
+    pred, ans = predictions(lmm, prompts, batch_size, context, ex)
     return pred == ans
 
 
@@ -83,7 +86,7 @@ def icl(
     kinds: Sequence[str] = ("clean", "corrupted"),
     seed: int = 0,
     batch_size: int = 64,
-    progress: bool = False,
+    ex: Execution = LOCAL,
 ) -> dict:
     """ICL accuracy table: ``out[kind][str(k)][relation]`` = {acc, ci95, n}, plus ``mean`` per k.
 
@@ -96,7 +99,7 @@ def icl(
             row = {}
             for rel, qs in queries.items():
                 prompts = P.build(kind if k > 0 else "zero-shot", qs, pools, k, n, seed)
-                row[rel] = summarize(correct(lmm, prompts, batch_size, progress=progress))
+                row[rel] = summarize(correct(lmm, prompts, batch_size, ex=ex))
             accs = [row[r]["acc"] for r in queries]
             total_n = sum(row[r]["n"] for r in queries)
             mean = sum(accs) / len(accs)
@@ -126,16 +129,36 @@ def with_vector(lmm: LMM, vector: torch.Tensor, layer: int, scale: float = 1.0) 
     return lambda B: hooks.add_to_layer(lmm, layer, vector, position=-1, scale=scale)
 
 
-def accuracy(lmm: LMM, prompts: Sequence[Prompt], vector: torch.Tensor | None = None, layer: int | None = None, batch_size: int = 64) -> dict:
-    """{acc, ci95, n} of ``prompts``, optionally with ``vector`` added at ``layer``."""
-    ctx = with_vector(lmm, vector, layer) if vector is not None else None
-    return summarize(correct(lmm, prompts, batch_size, ctx))
+def _vector_and_layer(lmm: LMM, vector, layer: int | None) -> tuple[torch.Tensor, int]:
+    """A (D,) tensor and its layer from a tensor or a FunctionVector (whose chosen layer is the default)."""
+    v = getattr(vector, "vector", vector)
+    if layer is None:
+        layer = getattr(vector, "layer", None)
+        if layer is None:
+            raise ValueError("no injection layer: pass layer=, or a FunctionVector that records its layer")
+    if not isinstance(v, torch.Tensor) or v.shape != (lmm.hidden_size,):
+        raise ValueError(f"vector must be a FunctionVector or a tensor of shape ({lmm.hidden_size},), got {getattr(v, 'shape', type(v).__name__)}")
+    if not torch.isfinite(v).all():
+        raise ValueError("vector has NaN or infinite entries: it cannot be injected")
+    if not 0 <= int(layer) < lmm.n_layers:
+        raise ValueError(f"layer {layer} is out of range: the model has layers 0..{lmm.n_layers - 1}")
+    return v, int(layer)
 
 
-def layer_sweep(lmm: LMM, prompts: Sequence[Prompt], vector: torch.Tensor, batch_size: int = 64, layers: Sequence[int] | None = None) -> list[float]:
+def accuracy(lmm: LMM, prompts: Sequence[Prompt], vector=None, layer: int | None = None, batch_size: int = 64, ex: Execution = LOCAL) -> dict:
+    """{acc, ci95, n} of ``prompts``, optionally with ``vector`` (tensor or FunctionVector) added at ``layer``."""
+    ctx = None
+    if vector is not None:
+        v, layer = _vector_and_layer(lmm, vector, layer)
+        ctx = with_vector(lmm, v, layer)
+    return summarize(correct(lmm, prompts, batch_size, ctx, ex))
+
+
+def layer_sweep(lmm: LMM, prompts: Sequence[Prompt], vector: torch.Tensor, batch_size: int = 64, layers: Sequence[int] | None = None,
+                ex: Execution = LOCAL) -> list[float]:
     """Accuracy with ``vector`` injected at each layer (index = layer)."""
     layers = list(range(lmm.n_layers)) if layers is None else list(layers)
-    return [accuracy(lmm, prompts, vector, l, batch_size)["acc"] for l in layers]
+    return [accuracy(lmm, prompts, vector, l, batch_size, ex)["acc"] for l in layers]
 
 
 def best_layer(accs: Sequence[float]) -> int:

@@ -8,27 +8,28 @@ reports ``test`` — this module never sees test prompts. Each epoch is checkpoi
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import json
 import math
-import os
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from mmfv import dist, evaluate, hooks
+from mmfv import evaluate, hooks
 from mmfv.cma import prompts_fingerprint
+from mmfv.execution import LOCAL, Checkpoint, Execution
 from mmfv.models.base import LMM
 from mmfv.prompts import Prompt
 
 
 @dataclass(frozen=True)
 class FinetuneSettings:
+    """How one vector is trained. The run's defaults live in the finetune stage's config section;
+    these are the method's own, for calls from Python."""
+
     epochs: int = 20
     lr: float = 1e-2
     schedule: str = "cosine"  # or "constant"
@@ -61,10 +62,13 @@ def finetune(
     train: Sequence[Prompt],
     val: Sequence[Prompt],
     settings: FinetuneSettings = FinetuneSettings(),
-    checkpoint: str | os.PathLike | None = None,
-    progress: bool = False,
+    checkpoint: str | None = None,
+    ex: Execution = LOCAL,
 ) -> FinetuneResult:
-    """Train ``init`` (D,) as the only parameter; return the vector of the best ``val`` epoch."""
+    """Train ``init`` (D,) as the only parameter; return the vector of the best ``val`` epoch.
+
+    With ``checkpoint`` (a file path) the state is saved after every epoch and a rerun resumes
+    from it (refused if it belongs to other prompts, settings, layer, model or init)."""
     if not 0 <= layer < lmm.n_layers:
         raise ValueError(f"layer {layer} is out of range: the model has layers 0..{lmm.n_layers - 1}")
     if len(train) < settings.min_train:
@@ -75,6 +79,8 @@ def finetune(
         raise ValueError(f"unknown schedule {settings.schedule!r}: choose cosine or constant")
     if init.shape != (lmm.hidden_size,):
         raise ValueError(f"initial vector has shape {tuple(init.shape)}, the model's hidden size is {lmm.hidden_size}")
+    if not torch.isfinite(init).all():
+        raise ValueError("initial vector has NaN or infinite entries")
     lmm.freeze()
     assert not any(p.requires_grad for p in lmm.module.parameters()), "model weights must be frozen"
     vec = init.detach().clone().float().requires_grad_(True)
@@ -90,40 +96,36 @@ def finetune(
     start, curve = 0, []
     best = (-1.0, 0, vec.detach().clone())
     fp = {"train": prompts_fingerprint(train), "val": prompts_fingerprint(val), "layer": layer, "model": lmm.config_hash(),
-          "settings": settings.__dict__, "init": hashlib.sha256(init.detach().float().numpy().tobytes()).hexdigest()[:16]}
-    ck = Path(checkpoint) if checkpoint else None
-    if ck and ck.exists():
-        st = torch.load(ck, weights_only=False)
-        if st["fingerprint"] != fp:
-            raise ValueError(f"fine-tuning checkpoint {ck} belongs to another run: use another folder or delete it")
+          "settings": dataclasses.asdict(settings), "init": hashlib.sha256(init.detach().float().numpy().tobytes()).hexdigest()[:16]}
+    ck = Checkpoint(checkpoint, fp) if checkpoint else None
+    st = ck.load() if ck else None
+    if st is not None:
         with torch.no_grad():
             vec.copy_(st["vec"])
         opt.load_state_dict(st["opt"])
         sched.load_state_dict(st["sched"])
-        start, curve, best = st["epoch"], st["curve"], (st["best"][0], st["best"][1], st["best"][2])
+        start, curve, best = st["epoch"], st["curve"], tuple(st["best"])
     gen = torch.Generator().manual_seed(settings.seed)
     for _ in range(start):
         torch.randperm(len(batches), generator=gen)
-    for epoch in tqdm(range(start, settings.epochs), disable=not progress, desc=f"finetune L{layer}", leave=False):
-        losses = []
-        for bi in torch.randperm(len(batches), generator=gen).tolist():
-            b = batches[bi]
-            with hooks.add_to_layer(lmm, layer, vec):
-                logits = lmm.last_logits(b)
-            loss = F.cross_entropy(logits.float(), b.answer_ids)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(float(loss.detach()))
-        val_acc = evaluate.accuracy(lmm, val, vec.detach(), layer)["acc"]
-        curve.append({"epoch": epoch + 1, "train_loss": round(sum(losses) / len(losses), 5), "val_acc": val_acc})
-        if val_acc > best[0]:
-            best = (val_acc, epoch + 1, vec.detach().clone())
-        if ck and dist.is_main():
-            ck.parent.mkdir(parents=True, exist_ok=True)
-            tmp = ck.with_name(ck.name + ".tmp")
-            torch.save({"fingerprint": fp, "vec": vec.detach(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                        "epoch": epoch + 1, "curve": curve, "best": best}, tmp)
-            os.replace(tmp, ck)
+    with ex.bar(settings.epochs, f"finetune L{layer}", initial=start) as bar:
+        for epoch in range(start, settings.epochs):
+            losses = []
+            for bi in torch.randperm(len(batches), generator=gen).tolist():
+                b = batches[bi]
+                with hooks.add_to_layer(lmm, layer, vec):
+                    logits = lmm.last_logits(b)
+                loss = F.cross_entropy(logits.float(), b.answer_ids)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+                losses.append(float(loss.detach()))
+            val_acc = evaluate.accuracy(lmm, val, vec.detach(), layer)["acc"]
+            curve.append({"epoch": epoch + 1, "train_loss": round(sum(losses) / len(losses), 5), "val_acc": val_acc})
+            if val_acc > best[0]:
+                best = (val_acc, epoch + 1, vec.detach().clone())
+            if ck is not None:
+                ck.save({"vec": vec.detach(), "opt": opt.state_dict(), "sched": sched.state_dict(), "epoch": epoch + 1, "curve": curve, "best": best})
+            bar.update(1)
     return FinetuneResult(best[2], best[1], best[0], curve)

@@ -1,170 +1,141 @@
-"""`mmfv run`: config -> stages -> one results folder; finished stages are skipped, interrupted
-ones resume (CMA per prompt batch, fine-tuning per epoch), every result is written atomically.
+"""`mmfv run` and the stage verbs: config -> stages (``mmfv.stages``) -> one results folder.
 
 Layout of the results folder::
 
-    config.toml  run.json  log.txt  timings.json
+    config.toml  run.json  log.txt  timings.json  .lock
     icl/ means/ cma/ vectors/ eval/ finetune/ compose/ report/
 
-A stage is finished when its folder holds ``.done`` with the config hash. The folder's
-``run.json`` records the config hash and mmfv version; a folder from another config is refused
-unless ``force`` (which clears it first — results of two configs are never mixed).
+One process at a time owns a folder (an exclusive lock held for the whole run; a second run fails
+at once, naming the holder). A stage is finished when its folder holds ``.done`` with the stage's
+hash — the hash of the model, the data, its settings and the stages it needs — so finished stages
+are skipped, an interrupted stage resumes from its checkpoints, and a stage whose inputs changed
+is never taken for finished. A folder holding another config's results is refused unless
+``force`` (or the earlier run failed): then the stages whose inputs changed are cleared and rerun,
+the others kept — results of two configs are never mixed.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import logging
+import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Iterator
 
 from mmfv import __version__, dist
 from mmfv import config as C
-from mmfv import relations as R
+from mmfv.execution import Execution
 from mmfv.io import read_json, write_bytes, write_json
-
-STAGES = ("icl", "means", "cma", "vectors", "eval", "finetune", "compose", "report")
-NEEDS = {"icl": (), "means": (), "cma": ("means",), "vectors": ("cma",), "eval": ("vectors", "cma", "icl"),
-         "finetune": ("vectors", "eval"), "compose": ("vectors", "eval", "finetune"), "report": ()}
 
 log = logging.getLogger("mmfv.run")
 
 
 class RunError(ValueError):
-    """The run cannot start as asked (foreign results folder, unknown stage, missing inputs)."""
+    """The run cannot start as asked (foreign or busy results folder, unknown stage, missing inputs)."""
 
 
-@dataclass
-class Context:
-    cfg: C.Config
-    out: Path
-    progress: bool
-    run_hash: str  # config hash + model weights fingerprint, computed once per run
-    _lmm: object = None
+def _stages():
+    from mmfv import stages
 
-    @property
-    def lmm(self):
-        if self._lmm is None:
-            from mmfv.models import load_model
-
-            m = self.cfg.model
-            self._lmm = load_model(m.name, m.dtype, m.device, m.device_map)
-            if self.cfg.cma.head_set not in self._lmm.head_sets:
-                raise ValueError(f"config key cma.head_set: {self._lmm.model_id} has no {self.cfg.cma.head_set!r} heads (it has {', '.join(self._lmm.head_sets)})")
-        return self._lmm
-
-    @property
-    def data(self):
-        from mmfv.stages import DataSettings
-
-        d = self.cfg.data
-        return DataSettings(d.dataset, d.seed, {"eval": d.eval_scenes, "train": d.train_scenes, "val": d.val_scenes, "test": d.test_scenes})
-
-    def dir(self, stage: str) -> Path:
-        return self.out / stage
+    return stages
 
 
-# --- stages ----------------------------------------------------------------------------------------
-def _icl(ctx: Context) -> None:
-    from mmfv import evaluate
-
-    c = ctx.cfg
-    test = ctx.data.items(ctx.lmm, "test", c.data.relations)
-    res = evaluate.icl(ctx.lmm, test, test, c.icl.shots, c.icl.n, seed=c.data.seed, batch_size=c.run.batch_size, progress=ctx.progress)
-    table = evaluate.format_icl_table(res, c.data.relations)
-    log.info("ICL accuracy (test):\n%s", table)
-    from mmfv import plots
-
-    kinds = {f"{kind} (mean)": [res[kind][str(k)]["mean"]["acc"] for k in c.icl.shots] for kind in res}
-    plots.curves(kinds, c.icl.shots, "demonstrations (k)", "accuracy (test)", f"ICL by shots ({ctx.lmm.model_id})", ctx.dir("icl") / "icl_curve.png")
-    write_json(ctx.dir("icl") / "results.json", {"model": ctx.lmm.model_id, "split": "test", "n": c.icl.n, "seed": c.data.seed, "relations": c.data.relations, **res})
+def __getattr__(name: str) -> Any:  # STAGES: the stage names, in order (reads the live registry)
+    if name == "STAGES":
+        return _stages().NAMES
+    raise AttributeError(name)
 
 
-def _means(ctx: Context) -> None:
-    from mmfv.stages import means_stage
-
-    c = ctx.cfg
-    means_stage(ctx.lmm, ctx.data, c.data.relations, ctx.dir("means"), c.cma.n_mean, c.cma.shots, c.cma.only_correct,
-                progress=ctx.progress, head_set=c.cma.head_set)
-
-
-def _cma(ctx: Context) -> None:
-    from mmfv.stages import cma_stage
-
-    c = ctx.cfg.cma
-    res = cma_stage(ctx.lmm, ctx.data, ctx.cfg.data.relations, ctx.dir("cma"), c.n_mean, c.n_cma, c.shots, c.engine, c.top_k, c.batch_size,
-                    c.only_correct, ctx.progress, means_dir=ctx.dir("means"), head_set=c.head_set)
-    for r, v in res["relations"].items():
-        log.info("CMA %s: top-%d share %.3f, top heads %s", r, c.top_k, v["top_share"], v["top_heads"][:3])
-
-
-def _vectors(ctx: Context) -> None:
-    from mmfv.stages import extract_stage
-
-    extract_stage(ctx.lmm, ctx.dir("cma"), ctx.cfg.data.relations, ctx.cfg.cma.top_k, ctx.dir("vectors"))
-    write_json(ctx.dir("vectors") / "results.json", {"model": ctx.lmm.model_id, "k": ctx.cfg.cma.top_k, "relations": ctx.cfg.data.relations})
+def plan(only: str | None = None, start: str | None = None, until: str | None = None, use: dict | None = None) -> list[str]:
+    """The stages to run: all; just ``only``; ``start`` and every later one; or ``until`` and the
+    stages it needs (transitively, except those read from elsewhere via ``use``)."""
+    S = _stages()
+    for flag, v in (("--only", only), ("--from", start), ("stage", until)):
+        if v is not None and v not in S.NAMES:
+            raise RunError(f"{flag} {v}: unknown stage; stages are {', '.join(S.NAMES)}")
+    if only:
+        return [only]
+    if start:
+        return list(S.NAMES[S.NAMES.index(start):])
+    if until:
+        want, todo = set(), [until]
+        while todo:
+            s = todo.pop()
+            if s in want or (use and s in use and s != until):
+                continue
+            want.add(s)
+            todo.extend(S.get(s).needs)
+        return [n for n in S.NAMES if n in want]
+    return list(S.NAMES)
 
 
-def _fvs(ctx: Context, folder: Path) -> dict:
-    from mmfv.vectors import FunctionVector
-
-    return {r: FunctionVector.load(folder / f"{r}.safetensors", ctx.lmm) for r in ctx.cfg.data.relations}
-
-
-def _eval(ctx: Context) -> None:
-    from mmfv.stages import eval_stage
-
-    c = ctx.cfg
-    res = eval_stage(ctx.lmm, ctx.data, _fvs(ctx, ctx.dir("vectors")), ctx.dir("eval"), c.eval.n, ctx.dir("cma"), c.eval.head_counts,
-                     c.icl.shots, c.run.batch_size, ctx.progress, icl_results=read_json(ctx.dir("icl") / "results.json"))
-    log.info("FV (test, layer chosen on val): zero-shot %.3f -> %.3f", res["mean"]["zero_shot"], res["mean"]["fv"])
-
-
-def _finetune(ctx: Context) -> None:
-    from mmfv.finetune import FinetuneSettings
-    from mmfv.stages import finetune_stage
-
-    c = ctx.cfg.finetune
-    ev = read_json(ctx.dir("eval") / "results.json")
-    layers = {r: ev["relations"][r]["best_layer"] for r in ctx.cfg.data.relations}
-    st = FinetuneSettings(epochs=c.epochs, lr=c.lr, schedule=c.schedule, batch_size=c.batch_size, seed=ctx.cfg.data.seed)
-    res = finetune_stage(ctx.lmm, ctx.data, _fvs(ctx, ctx.dir("vectors")), layers, ctx.dir("finetune"), c.sizes, c.headline_size, c.shots,
-                         c.n, st, ctx.cfg.run.batch_size, ctx.progress, search_layers=c.layers if c.search_layers else None)
-    log.info("fine-tuning (test): %s", res["mean"])
-
-
-def _compose(ctx: Context) -> None:
-    from mmfv.stages import compose_stage
-
-    c = ctx.cfg.compose
-    if set(ctx.cfg.data.relations) != set(R.CARDINAL):
-        log.info("compose: skipped, it needs all four cardinal relations")
-        write_json(ctx.dir("compose") / "results.json", {"skipped": "needs all four cardinal relations"})
+# --- the folder: lock, claim, markers ----------------------------------------------------------
+@contextlib.contextmanager
+def lock(out: Path) -> Iterator[None]:
+    """Hold ``out``'s exclusive lock (rank 0 only); a second holder fails at once, naming the first."""
+    if not dist.is_main():
+        yield
         return
-    res = compose_stage(ctx.lmm, ctx.data, _fvs(ctx, ctx.dir("vectors")), ctx.dir("compose"), _fvs(ctx, ctx.dir("finetune") / "vectors"),
-                        c.grid, c.shots, c.n, ctx.cfg.run.batch_size, ctx.progress)
-    log.info("composition (test): %s", res["mean"])
+    from filelock import FileLock, Timeout
+
+    out.mkdir(parents=True, exist_ok=True)
+    lk = FileLock(str(out / ".lock"))
+    try:
+        lk.acquire(timeout=0)
+    except Timeout:
+        owner = (out / ".lock.owner").read_text().strip() if (out / ".lock.owner").exists() else "another process"
+        raise RunError(f"{out} is in use by {owner}: wait for it to finish, or choose another output folder") from None
+    try:
+        (out / ".lock.owner").write_text(f"mmfv run (pid {os.getpid()})\n")
+        yield
+    finally:
+        (out / ".lock.owner").unlink(missing_ok=True)
+        lk.release()
 
 
-def _report(ctx: Context) -> None:
-    from mmfv.report import build_report
-
-    if not dist.is_main():  # the report reads back the files it writes, which only rank 0 does
-        return
-    path = build_report(ctx.out, ctx.lmm)
-    log.info("report: %s", path)
+_OURS = {".lock", ".lock.owner"}
 
 
-RUNNERS: dict[str, Callable[[Context], None]] = {
-    "icl": _icl, "means": _means, "cma": _cma, "vectors": _vectors, "eval": _eval, "finetune": _finetune, "compose": _compose, "report": _report,
-}
+def _claim(cfg: Any, out: Path, force: bool, weights: str, hashes: dict[str, str]) -> None:
+    S = _stages()
+    meta = out / "run.json"
+    if meta.exists():
+        try:
+            old = read_json(meta)
+        except ValueError:
+            raise RunError(f"{meta} is damaged (not JSON): delete it to start this folder over, or choose another folder") from None
+        changed = old.get("config_hash") != cfg.hash()
+        if changed or old.get("weights") != weights:
+            if not force and old.get("state") != "failed":
+                what = (f"another config ({old.get('config_hash')} vs {cfg.hash()})" if changed
+                        else f"another version of the model {cfg.model.name!r} (its weights changed)")
+                raise RunError(f"{out} holds results of {what}: choose another output folder or pass --force to rerun what changed")
+            if dist.is_main():  # keep the stages whose inputs are unchanged; clear the rest
+                for name in S.NAMES:
+                    if _marker(out, name) not in (None, hashes[name]):
+                        shutil.rmtree(out / name, ignore_errors=True)
+    elif out.exists() and any(p.name not in _OURS for p in out.iterdir()) and not force:
+        raise RunError(f"{out} is not empty and holds no mmfv run: choose another output folder or pass --force")
+    if dist.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        _write_meta(out, cfg, weights, "running")
+        write_bytes(out / "config.toml", cfg.to_toml().encode())
+    dist.barrier()
 
 
-# --- orchestration ---------------------------------------------------------------------------------
+def _write_meta(out: Path, cfg: Any, weights: str, state: str) -> None:
+    write_json(out / "run.json", {"config_hash": cfg.hash(), "weights": weights, "mmfv_version": __version__, "model": cfg.model.name, "state": state})
+
+
+def _marker(out: Path, stage: str) -> str | None:
+    p = out / stage / ".done"
+    return p.read_text().strip() if p.exists() else None
+
+
+# --- running -----------------------------------------------------------------------------------
 def _setup_logging(out: Path, quiet: bool) -> None:
     log.handlers.clear()
     log.setLevel(logging.INFO)
@@ -179,91 +150,70 @@ def _setup_logging(out: Path, quiet: bool) -> None:
             log.addHandler(sh)
 
 
-def run_hash(cfg: C.Config) -> str:
-    """What a finished stage is marked with: the config's hash and the model weights' fingerprint."""
+def run(cfg: Any, out: str | Path | None = None, only: str | None = None, start: str | None = None,
+        force: bool = False, quiet: bool = False, until: str | None = None) -> dict[str, float]:
+    """Run the pipeline (or part of it, see :func:`plan`); returns seconds per stage run now
+    (finished stages are skipped and absent)."""
     from mmfv.models import fingerprint
+    from mmfv.stages.base import Context, StageSkipped, stage_hashes
 
-    return hashlib.sha256(f"{cfg.hash()}:{fingerprint(cfg.model.name)}".encode()).hexdigest()[:16]
-
-
-def _claim_folder(cfg: C.Config, out: Path, force: bool, rh: str) -> None:
-    meta = out / "run.json"
-    if meta.exists():
-        old = read_json(meta)
-        if old.get("config_hash") != cfg.hash():
-            if not force:
-                raise RunError(f"{out} holds results of another config ({old.get('config_hash')} vs {cfg.hash()}): choose another output folder or pass --force to clear it")
-            if dist.is_main():
-                for stage in STAGES:
-                    shutil.rmtree(out / stage, ignore_errors=True)
-        elif old.get("run_hash") != rh:
-            if not force:
-                raise RunError(f"{out} holds results of another version of the model {cfg.model.name!r} (its weights changed): "
-                               "choose another output folder or pass --force to clear it")
-            if dist.is_main():
-                for stage in STAGES:
-                    shutil.rmtree(out / stage, ignore_errors=True)
-    elif out.exists() and any(out.iterdir()) and not force:
-        raise RunError(f"{out} is not empty and holds no mmfv run: choose another output folder or pass --force")
-    if dist.is_main():
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(meta, {"config_hash": cfg.hash(), "run_hash": rh, "mmfv_version": __version__, "model": cfg.model.name})
-        write_bytes(out / "config.toml", cfg.to_toml().encode())
-    dist.barrier()
-
-
-def _is_done(ctx: Context, stage: str) -> bool:
-    marker = ctx.dir(stage) / ".done"
-    return marker.exists() and marker.read_text().strip() == ctx.run_hash
-
-
-def plan(only: str | None = None, start: str | None = None) -> list[str]:
-    for name, v in (("--only", only), ("--from", start)):
-        if v is not None and v not in STAGES:
-            raise RunError(f"{name} {v}: unknown stage; stages are {', '.join(STAGES)}")
-    if only:
-        return [only]
-    return list(STAGES[STAGES.index(start):]) if start else list(STAGES)
-
-
-def run(cfg: C.Config, out: Path | None = None, only: str | None = None, start: str | None = None,
-        force: bool = False, quiet: bool = False) -> dict[str, float]:
-    """Run the pipeline; returns seconds per stage run now (skipped stages are absent)."""
+    S = _stages()
     out = Path(out or cfg.run.out)
-    stages = plan(only, start)
+    todo = plan(only, start, until, cfg.run.use)
+    for name, folder in cfg.run.use.items():
+        if name not in S.NAMES:
+            raise RunError(f"config key run.use: unknown stage {name!r}; stages are {', '.join(S.NAMES)}")
+        if not (Path(folder) / "results.json").exists():
+            raise RunError(f"config key run.use: {folder} holds no {name} results (results.json): run that stage there first")
     dist.init()
     if cfg.run.threads:
         import torch
 
         torch.set_num_threads(cfg.run.threads)
-    rh = run_hash(cfg)
-    _claim_folder(cfg, out, force, rh)
-    _setup_logging(out, quiet)
-    ctx = Context(cfg, out, not quiet and dist.is_main(), rh)
-    log.info("mmfv %s run: model %s, config %s -> %s (%d process%s)", __version__, cfg.model.name, cfg.hash(), out, dist.world(), "es" if dist.world() > 1 else "")
-    if start and dist.is_main():
-        for s in stages:
-            (ctx.dir(s) / ".done").unlink(missing_ok=True)
-    dist.barrier()
-    timings: dict[str, float] = {}
-    for stage in stages:
-        if _is_done(ctx, stage):
-            log.info("[%s] done already, skipped", stage)
-            continue
-        missing = [n for n in NEEDS[stage] if not _is_done(ctx, n)]
-        if missing:
-            raise RunError(f"stage {stage} needs {', '.join(missing)} first: run without --only, or with --from {missing[0]}")
-        log.info("[%s] running", stage)
-        t0 = time.perf_counter()
-        ctx.dir(stage).mkdir(parents=True, exist_ok=True)
-        RUNNERS[stage](ctx)
+    weights = fingerprint(cfg.model.name)
+    hashes = stage_hashes(cfg, S.STAGES, weights)
+    with lock(out):
+        _claim(cfg, out, force, weights, hashes)
+        for i, name in enumerate(todo):
+            missing = [n for n in S.get(name).needs if n not in cfg.run.use and n not in todo[:i] and _marker(out, n) != hashes[n]]
+            if missing:
+                raise RunError(f"stage {name} needs {', '.join(missing)} first: run without --only, or with --from {missing[0]}")
+        _setup_logging(out, quiet)
+        ctx = Context(cfg, out, Execution(not quiet, log))
+        log.info("mmfv %s run: model %s, config %s -> %s (%d process%s); stages: %s", __version__, cfg.model.name, cfg.hash(), out,
+                 dist.world(), "es" if dist.world() > 1 else "", " ".join(todo))
+        if start and dist.is_main():
+            for s in todo:
+                (out / s / ".done").unlink(missing_ok=True)
         dist.barrier()
-        timings[stage] = round(time.perf_counter() - t0, 2)
-        write_bytes(ctx.dir(stage) / ".done", (ctx.run_hash + "\n").encode())  # rank 0 only
-        dist.barrier()  # every process sees the marker before deciding on the next stage
-        log.info("[%s] finished in %.1fs", stage, timings[stage])
-    if dist.is_main():
-        old = read_json(out / "timings.json") if (out / "timings.json").exists() else {}
-        write_json(out / "timings.json", {**old, **timings})
-    log.info("stage timings (s): %s; total %.1fs", "  ".join(f"{k} {v:.1f}" for k, v in timings.items()), sum(timings.values()))
+        timings: dict[str, float] = {}
+        try:
+            for name in todo:
+                st = S.get(name)
+                if _marker(out, name) == hashes[name]:
+                    log.info("[%s] done already, skipped", name)
+                    continue
+                log.info("[%s] running", name)
+                t0 = time.perf_counter()
+                ctx.dir(name).mkdir(parents=True, exist_ok=True)
+                with ctx.ex.scope(name):
+                    try:
+                        st.run(ctx)
+                    except StageSkipped as e:
+                        log.info("[%s] skipped: %s", name, e)
+                        ctx.write(name, {"skipped": str(e)})
+                dist.barrier()
+                timings[name] = round(time.perf_counter() - t0, 2)
+                write_bytes(out / name / ".done", (hashes[name] + "\n").encode())  # rank 0 only
+                dist.barrier()  # every process sees the marker before deciding on the next stage
+                log.info("[%s] finished in %.1fs", name, timings[name])
+        except BaseException:
+            if dist.is_main():
+                _write_meta(out, cfg, weights, "failed")
+            raise
+        if dist.is_main():
+            _write_meta(out, cfg, weights, "complete" if all(_marker(out, n) == hashes[n] for n in S.NAMES) else "partial")
+            old = read_json(out / "timings.json") if (out / "timings.json").exists() else {}
+            write_json(out / "timings.json", {**old, **timings})
+        log.info("stage timings (s): %s; total %.1fs", "  ".join(f"{k} {v:.1f}" for k, v in timings.items()), sum(timings.values()))
     return timings

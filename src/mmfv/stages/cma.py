@@ -1,0 +1,127 @@
+"""Stage ``cma``: the indirect effect of every head on corrupted ``eval`` prompts, per relation.
+
+Owns the ``[cma]`` section, which the ``means`` and ``vectors`` stages share."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, PositiveInt, model_validator
+
+from mmfv import prompts as P
+from mmfv.io import write_safetensors
+from mmfv.report import html as H
+from mmfv.settings import Section, fail
+from mmfv.stages.base import Context, ReportSection, Stage
+
+
+class CMASettings(Section):
+    n_mean: PositiveInt = Field(100, description="clean prompts for the mean head activations")
+    n_cma: PositiveInt = Field(25, description="corrupted prompts for the indirect effects")
+    shots: PositiveInt = Field(5, description="demonstrations per prompt (clean and corrupted)")
+    engine: Literal["fast", "reference"] = Field("fast", description="fast: KV-cached last-token batches; reference: the published algorithm")
+    metric: Literal["prob", "logprob", "logit_diff"] = Field("prob", description="what an indirect effect changes: P(answer), its log, or answer logit minus the best other")
+    top_k: PositiveInt = Field(10, description="heads in a function vector")
+    only_correct: bool = Field(False, description="average only prompts the model answers correctly")
+    batch_size: PositiveInt = Field(8, description="corrupted prompts per batch of the fast engine")
+    head_set: Literal["self", "cross"] = Field("self", description="self, or cross for cross-attention (Flamingo-style) models")
+
+    @model_validator(mode="after")
+    def _check(self) -> "CMASettings":
+        if self.top_k > 100_000:
+            raise fail("top_k", f"{self.top_k} heads is more than any model has")
+        return self
+
+
+def run(ctx: Context) -> dict:
+    from mmfv import cma, plots
+    from mmfv.execution import Checkpoint
+    from mmfv.stages import means as M
+
+    c, lmm, out = ctx.cfg.cma, ctx.lmm, ctx.dir("cma")
+    hs = lmm.head_sets[c.head_set]
+    if c.top_k > hs.n_layers * hs.n_heads:
+        raise ValueError(f"config key cma.top_k: {c.top_k} is larger than the model's {hs.n_layers * hs.n_heads} {c.head_set} heads")
+    items = ctx.items("eval")
+    results = {}
+    for rel in ctx.relations:
+        clean = P.build("clean", items[rel], items, c.shots, c.n_mean, ctx.seed)
+        corrupt = P.build("corrupted", items[rel], items, c.shots, c.n_cma, ctx.seed + 1)
+        means, n_mean = M.load(ctx.input("means"), rel, c.head_set)
+        ck = Checkpoint(out / "checkpoints" / f"{rel}.safetensors",
+                        cma.cma_fingerprint(lmm, clean, corrupt, c.engine, c.head_set, c.only_correct, c.metric))
+        with ctx.ex.scope(rel):
+            ie = cma.indirect_effects(lmm, corrupt, means, c.engine, c.batch_size, head_set=c.head_set, metric=c.metric, ex=ctx.ex, checkpoint=ck)
+        res = cma.CMAResult(rel, means, ie, n_mean, c.engine, c.head_set)
+        save(res, lmm, out)
+        top = res.top_heads(c.top_k)
+        plots.aie_heatmap(res.aie, top, f"AIE, {rel} ({lmm.model_id}); top {c.top_k} boxed", out / f"aie_{rel}.png")
+        results[rel] = {
+            "top_heads": [[l, h, round(float(res.aie[l, h]), 6)] for l, h in top],
+            "top_share": round(res.top_share(c.top_k), 4),
+            "top_layers": sorted(l for l, _ in top),
+            "n_mean": res.n_mean, "n_cma": len(corrupt), "engine": c.engine,
+            "aie": [[round(float(x), 6) for x in row] for row in res.aie],
+        }
+        if c.metric != "prob":
+            results[rel]["metric"] = c.metric
+        ctx.ex.info("CMA %s: top-%d share %.3f, top heads %s", rel, c.top_k, results[rel]["top_share"], results[rel]["top_heads"][:3])
+    summary = {"model": lmm.model_id, "config_hash": lmm.config_hash(), "head_set": c.head_set, "n_layers": hs.n_layers, "n_heads": hs.n_heads,
+               "top_k": c.top_k, "shots": c.shots, "relations": results}
+    ctx.write("cma", summary)
+    return summary
+
+
+def save(res: Any, lmm: Any, folder: Path) -> None:
+    meta = {"relation": res.relation, "engine": res.engine, "n_mean": str(res.n_mean), "head_set": res.head_set,
+            "model_id": lmm.model_id, "config_hash": lmm.config_hash()}
+    write_safetensors(Path(folder) / f"{res.relation}.safetensors", {"means": res.means, "ie": res.ie}, meta)
+
+
+def load(folder: str | Path, relation: str) -> Any:
+    """The CMAResult of one relation from a cma folder."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from mmfv import cma
+
+    path = Path(folder) / f"{relation}.safetensors"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run the cma stage for {relation} into {folder} first")
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    t = load_file(str(path))
+    return cma.CMAResult(meta["relation"], t["means"], t["ie"], int(meta["n_mean"]), meta["engine"], meta.get("head_set", "self"))
+
+
+def section(res: H.Results, out: Path) -> str:
+    if (why := res.why_missing("cma")) is not None:
+        return why
+    cma, d = res.json("cma"), res.dir("cma")
+    rels = list(cma["relations"])
+    k = cma.get("top_k", max((len(v["top_heads"]) for v in cma["relations"].values()), default=0))
+    heat = [H.img_file(d / f"aie_{r}.png") for r in rels if (d / f"aie_{r}.png").exists()]
+    html = (f"<p>{H.esc(cma.get('n_layers', '?'))} layers × {H.esc(cma.get('n_heads', '?'))} heads; {H.esc(cma.get('shots', '?'))}-shot corrupted prompts; "
+            f"the top {H.esc(k)} heads by average indirect effect (AIE) are boxed.</p>")
+    html += H.figs(heat) if heat else H.note("no AIE heatmaps (cma/aie_<relation>.png) in the folder")
+    summary = [[r, v.get("top_share"), " ".join(map(str, v.get("top_layers", []))), v.get("n_mean"), v.get("n_cma"), v.get("engine")]
+               for r, v in cma["relations"].items()]
+    left = "<div><h3>Top heads</h3>" + H.table(["relation", f"top-{k} share", "top layers", "n mean", "n CMA", "engine"], summary,
+                                               caption=f"Top-{k} share: the top {k} heads' part of the summed positive AIE;<br>top layers: the layers of those heads; "
+                                                       "n: prompts for the<br>mean activations and for the indirect effects.") + "</div>"
+    depth = max(len(v["top_heads"]) for v in cma["relations"].values())
+    ranks = []
+    for i in range(depth):
+        row: list[Any] = [i + 1]
+        for r in rels:
+            th = cma["relations"][r]["top_heads"]
+            row.append(H.Raw(f"L{th[i][0]} H{th[i][1]} <small>{th[i][2]:.3f}</small>") if i < len(th) else None)
+        ranks.append(row)
+    right = (f"<div><h3>Top {k} heads by AIE</h3>" + H.table(["rank", *rels], ranks, caption="Layer, head and AIE: Δ P(answer) when the head's mean clean<br>"
+                                                                 "output is patched into corrupted prompts.") + "</div>")
+    return html + f'<div class="tables">{left}{right}</div>'
+
+
+STAGE = Stage("cma", "causal mediation analysis: the indirect effect of every attention head", run, needs=("means",), section="cma",
+              settings=CMASettings, report=(ReportSection("cma", "Causal mediation: the heads that carry each relation", section),))

@@ -1,0 +1,174 @@
+"""Stage ``compose``: vectors of the four cardinal relations combined into the four diagonal ones,
+never used to build a vector (a·FV_vertical + b·FV_horizontal), and analogies A : B :: C : D.
+Layers and weights are chosen on ``val``; every reported number is on ``test``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from pydantic import Field, PositiveFloat, PositiveInt
+
+from mmfv import prompts as P
+from mmfv import relations as R
+from mmfv.report import html as H
+from mmfv.settings import Section
+from mmfv.stages.base import Context, ReportSection, Stage, StageSkipped
+
+
+class ComposeSettings(Section):
+    grid: list[PositiveFloat] = Field(default_factory=lambda: [0.5, 1.0, 1.5, 2.0], description="weights a, b tried on val for a·FV_v + b·FV_h")
+    shots: list[PositiveInt] = Field(default_factory=lambda: [1, 2, 4, 8], description="ICL baselines on the diagonal relations")
+    n: PositiveInt = Field(200, description="val / test prompts per relation")
+
+
+def chance(items: Sequence[P.Item]) -> float:
+    """Share of the answer among the candidate objects, averaged over items."""
+    return round(sum(1.0 / max(1, len(it.candidates)) for it in items) / max(1, len(items)), 4)
+
+
+def run(ctx: Context) -> dict:
+    from mmfv import compose as C
+    from mmfv import evaluate, plots
+    from mmfv.stages import vectors as VS
+
+    if set(ctx.relations) != set(R.CARDINAL):
+        raise StageSkipped("needs all four cardinal relations")
+    c, lmm, out, bs, seed = ctx.cfg.compose, ctx.lmm, ctx.dir("compose"), ctx.cfg.run.batch_size, ctx.seed
+    fvs = VS.load(ctx.input("vectors"), ctx.relations, lmm)
+    tuned = VS.load(ctx.input("finetune") / "vectors", ctx.relations, lmm)
+    val, test = ctx.items("val", R.SPATIAL), ctx.items("test", R.SPATIAL)
+    res: dict = {"relations": {}, "grid": list(c.grid)}
+
+    def zs(split, rel):
+        return P.build("zero-shot", split[rel], split, 0, c.n, seed)
+
+    def acc(prompts, vec, layer):
+        return evaluate.accuracy(lmm, prompts, vec, layer, bs, ctx.ex)["acc"]
+
+    def sweep(prompts, vec):
+        return evaluate.layer_sweep(lmm, prompts, vec, bs, ex=ctx.ex)
+
+    neighbours: dict[tuple[str, str], dict[str, str]] = {}  # (image, query) -> relation -> answer, in test scenes
+    for r_, its in test.items():
+        for it in its:
+            neighbours.setdefault((it.image_id, it.query), {})[r_] = it.answer
+    for rel in R.NOVEL:
+        v, h = R.decompose(rel)
+        zv, zt = zs(val, rel), zs(test, rel)
+        base = C.composed(fvs, rel)
+        with ctx.ex.scope(rel):
+            layer = evaluate.best_layer(sweep(zv, base.vector))
+            val_grid = {(a, b): acc(zv, C.composed(fvs, rel, a, b).vector, layer) for a in c.grid for b in c.grid}
+            a_best, b_best = max(val_grid, key=lambda ab: (val_grid[ab], -abs(ab[0] - 1) - abs(ab[1] - 1)))
+            singles = {v: acc(zt, fvs[v].vector, layer), h: acc(zt, fvs[h].vector, layer)}
+            predicted = evaluate.predictions(lmm, zt, bs, evaluate.with_vector(lmm, base.vector, layer), ctx.ex)[0].tolist()
+            r = {
+                "layer": layer, "chance": chance(test[rel][:c.n]),
+                "zero_shot": evaluate.accuracy(lmm, zt, batch_size=bs, ex=ctx.ex)["acc"],
+                "single": singles, "single_best": max(singles.values()),
+                "composed": acc(zt, base.vector, layer),
+                "composed_answers": C.answer_kinds(rel, zt, predicted, neighbours, lmm.answer_token_id),
+                "composed_grid": acc(zt, C.composed(fvs, rel, a_best, b_best).vector, layer), "grid_choice": [a_best, b_best],
+                "icl_by_shots": {str(k): evaluate.accuracy(lmm, P.build("clean", test[rel], test, k, c.n, seed), batch_size=bs, ex=ctx.ex)["acc"] for k in c.shots},
+            }
+            # tuned vectors may live at other layers: the composed one gets its own val-chosen layer
+            tv = C.composed(tuned, rel).vector
+            r["layer_tuned"] = evaluate.best_layer(sweep(zv, tv))
+            r["composed_tuned"] = acc(zt, tv, r["layer_tuned"])
+        res["relations"][rel] = r
+        res[rel] = {k: r[k] for k in ("chance", "single_best", "composed")}
+        ctx.ex.info("  %s: chance %.3f  single_best %.3f  composed %.3f (grid %.3f) @ layer %d", rel, r["chance"], r["single_best"], r["composed"],
+                    r["composed_grid"], layer)
+    keys = ["chance", "single_best", "composed", "composed_grid", "zero_shot", "composed_tuned"]
+    res["mean"] = {k: round(sum(res["relations"][r][k] for r in R.NOVEL) / len(R.NOVEL), 4) for k in keys}
+    res["analogies"] = {fam: _analogies(ctx, fvs, val, test, ops, answers) for fam, (ops, answers) in
+                        {"cardinal": (R.CARDINAL, R.CARDINAL), "diagonal": (R.SPATIAL, R.NOVEL)}.items()}
+    plots.bars({r: {"chance": res["relations"][r]["chance"], "single best": res["relations"][r]["single_best"],
+                    "composed a=b=1": res["relations"][r]["composed"], "composed (val grid)": res["relations"][r]["composed_grid"],
+                    f"ICL {max(c.shots)}-shot": res["relations"][r]["icl_by_shots"][str(max(c.shots))]} for r in R.NOVEL},
+               "zero-shot accuracy (test)", f"Composition of relation vectors ({lmm.model_id})", out / "composition.png")
+    ctx.ex.info("composition (test): %s", res["mean"])
+    out_json = {"model": lmm.model_id, "n_eval": c.n, **res}
+    ctx.write("compose", out_json)
+    return out_json
+
+
+def _analogies(ctx: Context, fvs: dict, val: dict, test: dict, ops: Sequence[str], answers: Sequence[str]) -> dict:
+    """One family of analogies: one layer, chosen on val (mean accuracy over the family's items, at
+    most 50 val prompts per item), reported on test."""
+    from mmfv import compose as C
+    from mmfv import evaluate
+
+    n, bs, seed, lmm = ctx.cfg.compose.n, ctx.cfg.run.batch_size, ctx.seed, ctx.lmm
+    acc = lambda prompts, vec, layer: evaluate.accuracy(lmm, prompts, vec, layer, bs, ctx.ex)["acc"]  # noqa: E731
+    items = C.analogy_items(ops, answers)
+    vecs = {(a, b, c): C.analogy_vector(fvs, a, b, c).vector for a, b, c, _ in items}
+    val_zs = {d: P.build("zero-shot", val[d], val, 0, min(n, 50), seed) for d in {d for *_, d in items}}
+    by_layer = [sum(acc(val_zs[d], vecs[(a, b, c)], l) for a, b, c, d in items) / len(items) for l in range(lmm.n_layers)]
+    layer = evaluate.best_layer(by_layer)
+    rows = []
+    for a, b, c, d in items:
+        zt = P.build("zero-shot", test[d], test, 0, n, seed)
+        rows.append({"analogy": f"{a} : {b} :: {c} : {d}", "acc": acc(zt, C.analogy_vector(fvs, a, b, c).vector, layer), "chance": chance(test[d][:n])})
+    return {"items": rows, "mean_acc": round(sum(x["acc"] for x in rows) / len(rows), 4),
+            "mean_chance": round(sum(x["chance"] for x in rows) / len(rows), 4), "layer": layer, "val_by_layer": [round(x, 4) for x in by_layer]}
+
+
+def section(res: H.Results, out: Path) -> str:
+    if (why := res.why_missing("compose")) is not None:
+        return why
+    co, d = res.json("compose"), res.dir("compose")
+    if "skipped" in co:
+        return H.missing("compose", f"skipped: {co['skipped']}")
+    rels = co["relations"]
+    tuned = any("composed_tuned" in v for v in rels.values())
+    shots = H.by_k(next(iter(rels.values())).get("icl_by_shots", {})) if rels else []
+    hdr = ["relation", "layer", "chance", "zero-shot", "single (each)", "single best", "composed a=b=1", "composed (val grid)", "grid (a, b)",
+           *(["composed, tuned FVs"] if tuned else []), *[f"ICL k={k}" for k in shots]]
+    rows = []
+    for r, v in rels.items():
+        single = H.Raw("<br>".join(f"{H.esc(n)} {a:.3f}" for n, a in v.get("single", {}).items()))
+        gc = v.get("grid_choice")
+        rows.append([r, v.get("layer"), v["chance"], v.get("zero_shot"), single, v["single_best"], v["composed"], v.get("composed_grid"),
+                     f"({gc[0]:g}, {gc[1]:g})" if gc else None, *([v.get("composed_tuned")] if tuned else []),
+                     *[v.get("icl_by_shots", {}).get(k) for k in shots]])
+    m = co.get("mean", {})
+    mean = ["mean", "", m.get("chance"), m.get("zero_shot"), "", m.get("single_best"), m.get("composed"), m.get("composed_grid"), "",
+            *([m.get("composed_tuned")] if tuned else []), *[""] * len(shots)]
+    html = H.table(hdr, rows, mean, caption=f"Zero-shot test accuracy on the diagonal relations, {H.esc(co.get('n_eval', '?'))} prompts each; "
+                 "composed = FV(vertical) + FV(horizontal), scaled by the (a, b) grid point best on val; layers chosen on val.")
+    kinds = {r: v["composed_answers"] for r, v in rels.items() if v.get("composed_answers")}
+    if kinds:
+        from mmfv.compose import ANSWER_KINDS
+
+        first = next(iter(kinds.values()))
+        names = [n for n in ANSWER_KINDS if n in first] + [n for n in first if n not in ANSWER_KINDS]  # results.json sorts keys
+        html += "<h3>What the composed vector makes the model answer</h3>" + H.table(
+            ["relation", *names], [[r, *[k.get(n) for n in names]] for r, k in kinds.items()],
+            caption="Shares of the test prompts, composed a=b=1 at the chosen layer, by the predicted first token: the diagonal answer, "
+                    "the query's vertical or horizontal neighbour (one part of the sum wins), the query, another neighbour, or elsewhere.")
+    side = [H.img_file(d / "composition.png")] if (d / "composition.png").exists() else []
+    after = ""
+    for fam, a in (co.get("analogies") or {}).items():
+        items = [[x["analogy"], x["acc"], x["chance"]] for x in a["items"]]
+        n_parts = 2 if len(items) > 16 else 1  # long lists side by side in two halves
+        size = max(1, -(-len(items) // n_parts))
+        parts = [items[i : i + size] for i in range(0, len(items), size)] or [[]]
+        mean_row = ["mean", a.get("mean_acc"), a.get("mean_chance")]
+        tabs = "".join(f"<div>{H.table(['A : B :: C : D', 'accuracy', 'chance'], part, mean_row if j == len(parts) - 1 else None)}</div>" for j, part in enumerate(parts))
+        block = (f"<h3>Analogies, {H.esc(fam)}: mean accuracy {H.fmt(a.get('mean_acc'))} vs chance {H.fmt(a.get('mean_chance'))} "
+                 f"({len(items)} analogies, layer {H.esc(a.get('layer', '?'))})</h3><div class=\"tables\">{tabs}</div>")
+        if n_parts == 1 and len(side) == 1:  # a short table beside the composition chart
+            side.append(f'<div class="tables"><div>{block}</div></div>')
+        else:
+            after += block
+    html += H.figs(side) + after
+    if co.get("analogies"):
+        html += '<p class="note">Analogy A : B :: C : D: the vector FV(B) − FV(A) + FV(C) added to zero-shot prompts of relation D.</p>'
+    return html
+
+
+STAGE = Stage("compose", "compose cardinal vectors into untrained diagonal relations; analogies", run, needs=("vectors", "eval", "finetune"),
+              section="compose", settings=ComposeSettings,
+              report=(ReportSection("compose", "Composition of relation vectors and analogies", section),))

@@ -1,0 +1,99 @@
+"""Stage ``eval``: zero-shot accuracy with and without each function vector — the injection layer
+chosen on ``val``, reported on ``test`` — with head-count and context-size sweeps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, PositiveInt
+
+from mmfv import prompts as P
+from mmfv.report import html as H
+from mmfv.settings import Section
+from mmfv.stages.base import Context, ReportSection, Stage
+
+
+class EvalSettings(Section):
+    n: PositiveInt = Field(200, description="zero-shot prompts per relation and split (val: layer choice; test: reported)")
+    head_counts: list[PositiveInt] = Field(default_factory=lambda: list(range(1, 21)), description="numbers of top heads for the head-count sweep")
+
+
+def run(ctx: Context) -> dict:
+    from mmfv import evaluate, plots
+    from mmfv import vectors as V
+    from mmfv.stages import cma as CMA
+    from mmfv.stages import vectors as VS
+
+    c, lmm, out, bs = ctx.cfg.eval, ctx.lmm, ctx.dir("eval"), ctx.cfg.run.batch_size
+    fvs = VS.load(ctx.input("vectors"), ctx.relations, lmm)
+    icl = ctx.results("icl")
+    val, test = ctx.items("val"), ctx.items("test")
+    res: dict = {"relations": {}}
+    for rel, fv in fvs.items():
+        zs_val = P.build("zero-shot", val[rel], val, 0, c.n, ctx.seed)
+        zs_test = P.build("zero-shot", test[rel], test, 0, c.n, ctx.seed)
+        with ctx.ex.scope(rel):
+            sweep = evaluate.layer_sweep(lmm, zs_val, fv.vector, bs, ex=ctx.ex)
+            best = evaluate.best_layer(sweep)
+            r = {
+                "zero_shot": evaluate.accuracy(lmm, zs_test, batch_size=bs, ex=ctx.ex)["acc"],
+                "fv": evaluate.accuracy(lmm, zs_test, fv.vector, best, bs, ctx.ex)["acc"],
+                "best_layer": best,
+                "layer_sweep_val": sweep,
+                "layer_sweep_test": evaluate.layer_sweep(lmm, zs_test, fv.vector, bs, ex=ctx.ex),
+            }
+            cres = CMA.load(ctx.input("cma"), rel)
+            ks = [k for k in c.head_counts if k <= cres.aie.numel()]
+            r["head_count"] = {str(k): evaluate.accuracy(lmm, zs_test, V.build(lmm, cres.means, cres.top_heads(k), rel, head_set=cres.head_set).vector,
+                                                         best, bs, ctx.ex)["acc"] for k in ks}
+        r["icl_by_shots"] = {k: icl["clean"][k][rel]["acc"] for k in icl["clean"]}
+        res["relations"][rel] = r
+        ctx.ex.info("  %s: zero-shot %.3f  fv %.3f @ layer %d", rel, r["zero_shot"], r["fv"], best)
+    rels = list(fvs)
+    res["mean"] = {k: round(sum(res["relations"][r][k] for r in rels) / len(rels), 4) for k in ("zero_shot", "fv")}
+    for r in rels:  # flat per-relation keys
+        res[r] = {k: res["relations"][r][k] for k in ("zero_shot", "fv", "best_layer")}
+    first = next(iter(res["relations"].values()))
+    plots.curves({r: res["relations"][r]["layer_sweep_test"] for r in rels}, list(range(lmm.n_layers)), "injection layer", "zero-shot accuracy (test)",
+                 f"FV layer sweep ({lmm.model_id})", out / "layer_sweep.png")
+    plots.curves({r: list(res["relations"][r]["head_count"].values()) for r in rels}, [int(k) for k in first["head_count"]], "heads in the FV (k)",
+                 "zero-shot accuracy (test)", "FV head-count sweep", out / "head_count.png")
+    plots.curves({r: list(res["relations"][r]["icl_by_shots"].values()) for r in rels}, [int(k) for k in first["icl_by_shots"]], "demonstrations (k)",
+                 "accuracy (test)", "ICL by context size (FV: dashed)", out / "context_size.png", hlines={"FV mean": res["mean"]["fv"]})
+    ctx.ex.info("FV (test, layer chosen on val): zero-shot %.3f -> %.3f", res["mean"]["zero_shot"], res["mean"]["fv"])
+    out_json = {"model": lmm.model_id, "n_eval": c.n, **res}
+    ctx.write("eval", out_json)
+    return out_json
+
+
+def section(res: H.Results, out: Path) -> str:
+    if (why := res.why_missing("eval")) is not None:
+        return why
+    ev, d = res.json("eval"), res.dir("eval")
+    rows = [[r, v["zero_shot"], v["fv"], v["fv"] - v["zero_shot"], v["best_layer"]] for r, v in ev["relations"].items()]
+    m = ev.get("mean", {})
+    mean = ["mean", m.get("zero_shot"), m.get("fv"), (m["fv"] - m["zero_shot"]) if "fv" in m and "zero_shot" in m else None, ""]
+    html = H.table(["relation", "zero-shot", "zero-shot + FV", "Δ", "layer (chosen on val)"], rows, mean,
+                   caption=f"Test accuracy, {H.esc(ev.get('n_eval', '?'))} zero-shot prompts per relation; the FV is added at the layer best on val.")
+    names = {"layer_sweep.png": "layer sweep", "head_count.png": "head-count sweep", "context_size.png": "context size"}
+    figs = [H.img_file(d / n) for n in names if (d / n).exists()]
+    if not figs:
+        html += H.note("no sweep figures in the eval folder")
+    tabs = []
+    sw = {r: v["layer_sweep_test"] for r, v in ev["relations"].items() if v.get("layer_sweep_test")}
+    if sw:
+        depth = max(len(x) for x in sw.values())
+        rows = [[layer, *[H.Raw(f"<b>{sw[r][layer]:.3f}</b>") if layer == ev["relations"][r]["best_layer"] else (sw[r][layer] if layer < len(sw[r]) else None)
+                          for r in sw]] for layer in range(depth)]
+        tabs.append("<div><h3>Layer sweep (test)</h3>" + H.table(["layer", *sw], rows, caption="Bold: the layer chosen on val.") + "</div>")
+    hc = {r: v["head_count"] for r, v in ev["relations"].items() if v.get("head_count")}
+    if hc:
+        ks = H.by_k(next(iter(hc.values())))
+        tabs.append("<div><h3>Head-count sweep (test)</h3>" + H.table(["heads (k)", *hc], [[int(float(k)), *[hc[r].get(k) for r in hc]] for k in ks]) + "</div>")
+    # The tables sit beside the last figure when there is room.
+    return html + H.figs([*figs, '<div class="tables">' + "".join(tabs) + "</div>" if tabs else ""])
+
+
+STAGE = Stage("eval", "zero-shot accuracy with function vectors: layer, head-count and context-size sweeps", run, needs=("vectors", "cma", "icl"),
+              section="eval", settings=EvalSettings,
+              report=(ReportSection("eval", "Function vectors: zero-shot with the vector, layer and head-count sweeps", section),))

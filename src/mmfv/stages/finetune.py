@@ -1,0 +1,186 @@
+"""Stage ``finetune``: each function vector fine-tuned with the model frozen, by training-set size,
+against ICL k-shot baselines and a random-init control, all on the same ``test`` queries."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+
+from mmfv import prompts as P
+from mmfv.report import html as H
+from mmfv.settings import Section, fail
+from mmfv.stages.base import Context, ReportSection, Stage
+
+
+class FinetuneStageSettings(Section):
+    sizes: list[PositiveInt] = Field(default_factory=lambda: [25, 50, 100, 200, 400], description="training-set sizes (zero-shot train prompts)")
+    headline_size: PositiveInt = Field(200, description="the size reported as 'fine-tuned FV' (one of sizes)")
+    epochs: PositiveInt = Field(20, description="training epochs; the epoch is chosen on val")
+    lr: PositiveFloat = Field(1e-2, description="Adam learning rate")
+    schedule: Literal["cosine", "constant"] = Field("cosine", description="learning-rate schedule")
+    search_layers: bool = Field(False, description="tune at each candidate layer (headline size) and keep the best on val; else the FV's own layer")
+    layers: list[NonNegativeInt] = Field(default_factory=list, description="candidate layers for search_layers (empty: every layer)")
+    batch_size: PositiveInt = Field(16, description="training prompts per step")
+    shots: list[PositiveInt] = Field(default_factory=lambda: list(range(1, 9)), description="ICL baselines: numbers of demonstrations")
+    n: PositiveInt = Field(200, description="val / test prompts per relation")
+
+    @model_validator(mode="after")
+    def _check(self) -> "FinetuneStageSettings":
+        if self.headline_size not in self.sizes:
+            raise fail("headline_size", f"{self.headline_size} is not in finetune.sizes {self.sizes}")
+        return self
+
+
+def run(ctx: Context) -> dict:
+    import torch
+
+    from mmfv import evaluate, plots
+    from mmfv import vectors as V
+    from mmfv.finetune import FinetuneSettings, finetune
+    from mmfv.stages import vectors as VS
+
+    c, lmm, out, bs, seed = ctx.cfg.finetune, ctx.lmm, ctx.dir("finetune"), ctx.cfg.run.batch_size, ctx.seed
+    fvs = VS.load(ctx.input("vectors"), ctx.relations, lmm)
+    ev = ctx.results("eval")
+    settings = FinetuneSettings(epochs=c.epochs, lr=c.lr, schedule=c.schedule, batch_size=c.batch_size, seed=seed)
+    cands = (list(range(lmm.n_layers)) if not c.layers else list(c.layers)) if c.search_layers else []
+    for l in cands:
+        if not 0 <= l < lmm.n_layers:
+            raise ValueError(f"config key finetune.layers: layer {l} is out of range: the model has layers 0..{lmm.n_layers - 1}")
+    train, val, test = ctx.items("train"), ctx.items("val"), ctx.items("test")
+    res: dict = {"relations": {}, "sizes": list(c.sizes), "headline_size": c.headline_size}
+    acc = lambda prompts, vec=None, layer=None: evaluate.accuracy(lmm, prompts, vec, layer, bs, ctx.ex)["acc"]  # noqa: E731
+    def one(rel: str, fv: V.FunctionVector) -> dict:
+        layer = ev["relations"][rel]["best_layer"]
+        pool = train[rel]
+        for n in c.sizes:
+            if n > len(pool):
+                raise ValueError(f"training size {n} exceeds the {len(pool)} {rel} items of the train split: enlarge data.train_scenes")
+        zs_val = P.build("zero-shot", val[rel], val, 0, c.n, seed)
+        zs_test = P.build("zero-shot", test[rel], test, 0, c.n, seed)
+        icl_k = {str(k): acc(P.build("clean", test[rel], test, k, c.n, seed)) for k in c.shots}
+        r: dict = {"layer": layer, "icl_by_shots": icl_k, "icl_best": max(icl_k.values()), "zero_shot": acc(zs_test),
+                   "fv": acc(zs_test, fv.vector, layer), "by_size": {}, "curves": {}}
+        ck = lambda name: str(out / "checkpoints" / f"{name}.safetensors")  # noqa: E731
+        if cands:  # choose the fine-tuning layer on val, at the headline size
+            tr = P.build("zero-shot", pool, train, 0, c.headline_size, seed)
+            search = {l: finetune(lmm, fv.vector, l, tr, zs_val, settings, ck(f"{rel}_n{c.headline_size}_L{l}"), ctx.ex) for l in cands}
+            layer = max(search, key=lambda l: (search[l].best_val_acc, l == r["layer"], -l))
+            r["layer_search_val"] = {str(l): f.best_val_acc for l, f in search.items()}
+            r["layer"] = layer
+            r["fv_at_layer"] = acc(zs_test, fv.vector, layer)
+        for n in c.sizes:
+            tr = P.build("zero-shot", pool, train, 0, n, seed)
+            ft = finetune(lmm, fv.vector, layer, tr, zs_val, settings, ck(f"{rel}_n{n}_L{layer}" if cands else f"{rel}_n{n}"), ctx.ex)
+            r["by_size"][str(n)] = {"fv_tuned": acc(zs_test, ft.vector, layer), "best_epoch": ft.best_epoch, "val_acc": ft.best_val_acc}
+            r["curves"][str(n)] = ft.curve
+            if n == c.headline_size:
+                tuned = V.FunctionVector(ft.vector, rel, fv.model_id, fv.config_hash, fv.n_layers, fv.hidden_size, fv.heads, fv.k,
+                                         extra={"finetuned": True, "train_size": n, "epoch": ft.best_epoch, "layer": layer, "init": "extracted"})
+                tuned.save(out / "vectors" / f"{rel}.safetensors")
+                r["fv_tuned"] = r["by_size"][str(n)]["fv_tuned"]
+                g = torch.Generator().manual_seed(seed)
+                rand = torch.randn(lmm.hidden_size, generator=g) * float(fv.vector.norm()) / lmm.hidden_size**0.5
+                ftr = finetune(lmm, rand, layer, tr, zs_val, settings, ck(f"{rel}_n{n}_random_L{layer}"), ctx.ex)
+                r["fv_random_init"] = acc(zs_test, ftr.vector, layer)
+                r["curves"][f"{n}_random"] = ftr.curve
+        return r
+
+    for rel, fv in fvs.items():
+        with ctx.ex.scope(rel):
+            r = res["relations"][rel] = one(rel, fv)
+        res[rel] = {k: r[k] for k in ("icl_best", "fv", "fv_tuned", "fv_random_init")}
+        ctx.ex.info("  %s: icl_best %.3f  fv %.3f  fv_tuned %.3f  fv_random_init %.3f", rel, r["icl_best"], r["fv"], r["fv_tuned"], r["fv_random_init"])
+    rels = list(fvs)
+    res["mean"] = {k: round(sum(res[r][k] for r in rels) / len(rels), 4) for k in ("icl_best", "fv", "fv_tuned", "fv_random_init")}
+    plots.curves({r: [res["relations"][r]["by_size"][str(n)]["fv_tuned"] for n in c.sizes] for r in rels}, list(c.sizes),
+                 "training prompts", "zero-shot accuracy with tuned FV (test)", "Fine-tuned FV vs ICL (dashed: best ICL, mean)",
+                 out / "accuracy_vs_size.png", hlines={"ICL best (mean)": res["mean"]["icl_best"]})
+    plots.curves({f"{r} n={c.headline_size}": [x["val_acc"] for x in res["relations"][r]["curves"][str(c.headline_size)]] for r in rels},
+                 list(range(1, c.epochs + 1)), "epoch", "val accuracy", "Fine-tuning learning curves", out / "learning_curves.png")
+    ctx.ex.info("fine-tuning (test): %s", res["mean"])
+    out_json = {"model": lmm.model_id, "n_eval": c.n, **res}
+    ctx.write("finetune", out_json)
+    return out_json
+
+
+def best_icl(res: H.Results, rel: str) -> float | None:
+    """Best k-shot (k ≥ 1) ICL accuracy: fine-tuning stage first, else the ICL stage, else eval's copy."""
+    ft = res.json("finetune")
+    if ft and rel in ft.get("relations", {}):
+        return ft["relations"][rel]["icl_best"]
+    icl = res.json("icl")
+    if icl and "clean" in icl:
+        accs = [row[rel]["acc"] for k, row in icl["clean"].items() if float(k) >= 1 and rel in row]
+        if accs:
+            return max(accs)
+    ev = res.json("eval")
+    by = (ev or {}).get("relations", {}).get(rel, {}).get("icl_by_shots", {})
+    accs = [a for k, a in by.items() if float(k) >= 1]
+    return max(accs) if accs else None
+
+
+def summary_section(res: H.Results, out: Path) -> str:
+    from mmfv import plots
+
+    if (why := res.why_missing("eval")) is not None:
+        return why
+    ev, ft = res.json("eval"), res.json("finetune") or {}
+    groups, rows = {}, []
+    for r, v in ev["relations"].items():
+        tuned = ft.get("relations", {}).get(r, {}).get("fv_tuned")
+        best = best_icl(res, r)
+        groups[r] = {"zero-shot": v["zero_shot"], "FV": v["fv"], "fine-tuned FV": math.nan if tuned is None else tuned,
+                     "best ICL": math.nan if best is None else best}
+        rows.append([r, v["zero_shot"], v["fv"], tuned, best])
+    mean = ["mean", *[H.mean([row[j] for row in rows]) for j in range(1, 5)]]
+    em = ev.get("mean", {})
+    mean[1], mean[2] = em.get("zero_shot", mean[1]), em.get("fv", mean[2])
+    fig = H.png(plots.bars, groups, "accuracy (test)", "Zero-shot, FV, fine-tuned FV and best ICL", out / "summary_bars.png")
+    notes = "Best ICL: the best k-shot (k ≥ 1) accuracy of the fine-tuning stage where it ran for the relation, else of the ICL stage."
+    if not ft:
+        notes += " The fine-tuning stage did not run: no fine-tuned FV bars."
+    elif any(row[3] is None for row in rows):
+        notes += " Relations without a fine-tuned FV show no bar and a dash."
+    table = H.table(["relation", "zero-shot", "FV", "fine-tuned FV", "best ICL"], rows, mean, caption=notes)
+    return f'<div class="tables"><div>{fig}</div><div style="max-width:420px">{table}</div></div>'
+
+
+def section(res: H.Results, out: Path) -> str:
+    if (why := res.why_missing("finetune")) is not None:
+        return why
+    ft, d = res.json("finetune"), res.dir("finetune")
+    rels = list(ft["relations"])
+    hs = ft.get("headline_size", "?")
+    keys = ("zero_shot", "icl_best", "fv", "fv_tuned", "fv_random_init")
+    rows = [[r, v.get("layer"), *[v.get(k) for k in keys]] for r, v in ft["relations"].items()]
+    m = {k: ft.get("mean", {}).get(k, H.mean([v.get(k) for v in ft["relations"].values()])) for k in keys}
+    html = H.table(["relation", "layer", "zero-shot", "best ICL (k ≥ 1)", "FV", f"FV fine-tuned (n={hs})", f"random init fine-tuned (n={hs})"], rows,
+                 ["mean", "", *[m.get(k) for k in keys]], caption=f"Test accuracy, {H.esc(ft.get('n_eval', '?'))} prompts per relation; fine-tuned on n zero-shot train prompts, epoch chosen on val.")
+    sizes = [str(s) for s in ft.get("sizes", [])]
+    if sizes:
+        srows = [[r, *[H.Raw(f"{b['fv_tuned']:.3f} <small>ep {b.get('best_epoch', '?')}</small>") if (b := v["by_size"].get(s)) else None for s in sizes]]
+                 for r, v in ft["relations"].items()]
+        html += "<h3>Fine-tuned FV by training-set size</h3>" + H.table(["relation", *[f"n={s}" for s in sizes]], srows, caption="Test accuracy (best epoch on val).")
+    search = {r: v["layer_search_val"] for r, v in ft["relations"].items() if v.get("layer_search_val")}
+    if search:
+        layers = sorted({int(l) for v in search.values() for l in v})
+        lrows = [[l, *[(H.Raw(f"<b>{search[r][str(l)]:.3f}</b>") if ft["relations"][r].get("layer") == l else search[r].get(str(l))) for r in search]]
+                 for l in layers]
+        html += "<h3>Fine-tuning layer (chosen on val)</h3>" + H.table(["layer", *search], lrows,
+                                                                      caption=f"Val accuracy of the vector fine-tuned at each layer (n={hs}); bold: the layer kept.")
+    icl_k = {r: v.get("icl_by_shots", {}) for r, v in ft["relations"].items()}
+    if any(icl_k.values()):
+        ks = H.by_k(next(v for v in icl_k.values() if v))
+        html += "<h3>ICL baselines by shots</h3>" + H.table(["relation", *[f"k={k}" for k in ks]], [[r, *[icl_k[r].get(k) for k in ks]] for r in rels])
+    figs = [H.img_file(d / n) for n in ("accuracy_vs_size.png", "learning_curves.png") if (d / n).exists()]
+    return html + (H.figs(figs) if figs else H.note("no fine-tuning figures in the folder"))
+
+
+STAGE = Stage("finetune", "fine-tune function vectors with the model frozen; compare with ICL", run, needs=("vectors", "eval"),
+              section="finetune", settings=FinetuneStageSettings,
+              report=(ReportSection("summary", "Summary: zero-shot, FV, fine-tuned FV and best ICL", summary_section),
+                      ReportSection("finetune", "Fine-tuned function vectors", section)))
