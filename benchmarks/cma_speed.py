@@ -23,7 +23,7 @@ import torch
 from mmfv import cma
 from mmfv import prompts as P
 from mmfv import relations as R
-from mmfv.stages import DataSettings
+from mmfv.settings import DataSettings
 
 try:
     from real_size import load  # run as a script: benchmarks/ is on sys.path

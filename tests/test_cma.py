@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -61,10 +63,13 @@ def test_checkpoint_resume_is_identical(setup, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         cma.run_cma(lmm, clean, corrupt, batch_size=1, checkpoint=ck)
     monkeypatch.setattr(cma, "ie_fast", real)
-    assert int(torch.load(ck)["done"]) == 2
+    from safetensors import safe_open
+
+    with safe_open(str(ck), "pt") as f:  # the checkpoint is safetensors + JSON, never a pickle
+        assert json.loads(f.metadata()["state"])["done"] == 2
     resumed = cma.run_cma(lmm, clean, corrupt, batch_size=1, checkpoint=ck)
     assert torch.equal(resumed.ie, full.ie)
-    with pytest.raises(ValueError, match="another run"):
+    with pytest.raises(ValueError, match="belongs to other work"):
         cma.run_cma(lmm, clean, corrupt[:3], batch_size=1, checkpoint=ck)
 
 
@@ -103,10 +108,10 @@ def test_attribution_patching_correlates(setup):
 
 def test_fast_equals_reference_on_shipped_mmfv_tiny():
     from mmfv.models import load_model
-    from mmfv.stages import DataSettings
+    from mmfv.settings import DataSettings
 
     lmm = load_model("tiny")
-    items = DataSettings(scenes={"eval": 200}).items(lmm, "eval", RELS)
+    items = DataSettings(eval_scenes=200).items(lmm, "eval", RELS)
     clean = P.build("clean", items["above"], items, 5, 16, 0)
     corrupt = P.build("corrupted", items["above"], items, 5, 3, 1)
     fast = cma.run_cma(lmm, clean, corrupt, engine="fast", batch_size=2)

@@ -53,22 +53,28 @@ def test_analogy_vector(fvs):
 def test_compose_stage_chooses_on_val_and_reports_on_test(fvs, tmp_path, monkeypatch):
     """Every choice (composition layer, (a, b) grid point, tuned-composition layer, analogy layers)
     is made on val prompts; test prompts are only ever run at the chosen layers."""
+    from mmfv import config as C
     from mmfv import evaluate
-    from mmfv.stages import DataSettings, compose_stage
+    from mmfv.stages import compose
+    from mmfv.stages.base import Context
 
     lmm = random_tiny(seed=5)
     calls = []  # (split, layer) of every accuracy evaluation with a vector
     real = evaluate.accuracy
 
-    def spy(lmm_, prompts, vector=None, layer=None, batch_size=64):
+    def spy(lmm_, prompts, vector=None, layer=None, batch_size=64, ex=None):
         splits = {i.split("-")[0] for p in prompts for i in p.image_ids}
         assert len(splits) == 1
         if vector is not None:
             calls.append((splits.pop(), layer))
-        return real(lmm_, prompts, vector, layer, batch_size)
+        return real(lmm_, prompts, vector, layer, batch_size, ex)
 
+    for folder in ("vectors", "finetune/vectors"):
+        for r, fv in fvs.items():
+            fv.save(tmp_path / folder / f"{r}.safetensors")
     monkeypatch.setattr(evaluate, "accuracy", spy)
-    res = compose_stage(lmm, DataSettings(scenes={"val": 60, "test": 60}), fvs, tmp_path, tuned=fvs, grid=(1.0, 2.0), shots=(1,), n_eval=6)
+    cfg = C.from_dict({"data": {"val_scenes": 60, "test_scenes": 60}, "compose": {"grid": [1.0, 2.0], "shots": [1], "n": 6}})
+    res = compose.run(Context(cfg, tmp_path, _lmm=lmm))
     chosen = {v["layer"] for v in res["relations"].values()} | {v["layer_tuned"] for v in res["relations"].values()}
     chosen |= {a["layer"] for a in res["analogies"].values()}
     assert {s for s, _ in calls} == {"val", "test"}

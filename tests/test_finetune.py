@@ -69,9 +69,31 @@ def test_resume_after_interruption_is_identical(setup, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         FT.finetune(lmm, torch.zeros(lmm.hidden_size), 1, train, val, SET, checkpoint=ck)
     monkeypatch.setattr(evaluate, "accuracy", real)
-    assert torch.load(ck, weights_only=False)["epoch"] == 2
+    from mmfv.execution import Checkpoint
+
+    assert Checkpoint(ck, {}).path.exists()
+    with pytest.raises(ValueError, match="belongs to other work"):  # a checkpoint of other work is refused, never mixed in
+        Checkpoint(ck, {"other": 1}).load()
     resumed = FT.finetune(lmm, torch.zeros(lmm.hidden_size), 1, train, val, SET, checkpoint=ck)
     assert torch.equal(resumed.vector, full.vector) and resumed.curve == full.curve
+
+
+def test_checkpoint_payload_is_never_unpickled(setup, tmp_path):
+    """A crafted pickle in place of a checkpoint is refused as unreadable; its code never runs."""
+    import pickle
+
+    lmm, train, val = setup
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    ck = tmp_path / "ft.safetensors"
+    ck.write_bytes(pickle.dumps({"fingerprint": Evil()}))
+    with pytest.raises(ValueError, match="unreadable"):
+        FT.finetune(lmm, torch.zeros(lmm.hidden_size), 1, train, val, SET, checkpoint=ck)
+    assert not marker.exists()
 
 
 def test_bad_input(setup):

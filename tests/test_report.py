@@ -13,7 +13,7 @@ from mmfv import plots
 from mmfv import relations as R
 from mmfv import vectors as V
 from mmfv.io import write_json
-from mmfv.report import SECTIONS, build_report
+from mmfv.report import build_report, sections
 
 RELS = ("above", "below", "left", "right")
 L, H = 2, 4  # random_tiny's sizes
@@ -117,7 +117,7 @@ def test_report_has_every_section_and_number(tmp_path):
     assert path == tmp_path / "run" / "report" / "report.html"
     page = path.read_text()
     _self_contained(page)
-    for _, heading in SECTIONS:
+    for heading in [s.title for s in sections()]:
         assert heading.replace("'", "&#x27;") in page
     assert "not run" not in page
     assert "<title>mmfv report: random-tiny</title>" in page and "0.1.0" in page
@@ -164,7 +164,7 @@ def test_missing_and_skipped_stages(tmp_path):
     _self_contained(page)
     for stage in ("cma", "eval", "finetune", "compose"):
         assert f"stage {stage} not run" in page
-    for _, heading in SECTIONS:
+    for heading in [s.title for s in sections()]:
         assert heading.replace("'", "&#x27;") in page
     write_json(tmp_path / "run" / "compose" / "results.json", {"skipped": "needs all four cardinal relations"})
     page = build_report(tmp_path / "run").read_text()
@@ -200,9 +200,9 @@ def test_example_strip_with_model(tmp_path, lmm):
     assert sorted(p.name for p in (root / "report").glob("example_*.png")) == [f"example_{i}.png" for i in range(5)]
     # The first example is the first zero-shot test prompt of the first relation.
     from mmfv import prompts as P
-    from mmfv.stages import DataSettings
+    from mmfv.settings import DataSettings
 
-    test = DataSettings(scenes={"test": 200}).items(lmm, "test", RELS)
+    test = DataSettings(test_scenes=200).items(lmm, "test", RELS)
     (p,) = P.build("zero-shot", test["above"], test, 0, 1, 0)
     assert f"<b>above</b> of <i>{p.query.query}</i><br>correct: <b>{p.answer}</b>" in strip
     # Fewer examples later: stale example PNGs go.

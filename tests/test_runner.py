@@ -162,3 +162,41 @@ def test_finetune_layer_is_chosen_on_val(reference_run):
         assert r["layer"] == want
         assert r["by_size"]["16"]["val_acc"] == search[want]
         assert FunctionVector.load(out / "finetune" / "vectors" / f"{rel}.safetensors").extra["layer"] == want
+
+
+def test_stage_verb_equals_the_stage_of_a_run(model_dir, reference_run, tmp_path):
+    """`mmfv finetune CONFIG` (no stage options) writes the finetune results of `mmfv run CONFIG`:
+    one config, one set of defaults, the same stage object."""
+    from mmfv.cli import main
+
+    ref_out, _ = reference_run
+    cfg_path = tmp_path / "cfg.toml"
+    cfg_path.write_text(small_config(model_dir).to_toml())
+    out = tmp_path / "verb"
+    assert main(["finetune", str(cfg_path), "--out", str(out), "--quiet"]) == 0
+    assert (out / "finetune" / "results.json").read_bytes() == (ref_out / "finetune" / "results.json").read_bytes()
+    assert not (out / "compose").exists() and not (out / "report").exists()  # only finetune and what it needs
+
+
+def test_a_second_writer_is_refused_and_the_first_run_intact(model_dir, reference_run, tmp_path):
+    """While one process holds a results folder, a second run on it fails at once, naming the holder."""
+    from mmfv.runner import lock
+
+    out, _ = reference_run
+    before = results(out)
+    with lock(out):
+        with pytest.raises(runner.RunError, match=r"in use by mmfv run \(pid \d+\)"):
+            runner.run(small_config(model_dir), out, quiet=True)
+    assert results(out) == before
+
+
+def test_a_corrected_config_after_a_failed_stage_keeps_finished_stages(model_dir, tmp_path):
+    """A run that failed (here: a fine-tuning size larger than the train split) may be resumed with a
+    corrected config without --force; the stages whose inputs did not change are not rerun."""
+    bad = C.from_dict({**SMALL, "model": {"name": str(model_dir)}, "finetune": {**SMALL["finetune"], "sizes": [8, 16, 999], "headline_size": 16}})
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="training size 999"):
+        runner.run(bad, out, quiet=True)
+    assert json.loads((out / "run.json").read_text())["state"] == "failed"
+    t = runner.run(small_config(model_dir), out, quiet=True)
+    assert list(t) == ["finetune", "compose", "report"]

@@ -32,7 +32,7 @@ class CheckpointError(ValueError):
 def _pack(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(obj, torch.Tensor):
         key = f"t{len(tensors)}"
-        tensors[key] = obj.detach().cpu().contiguous()
+        tensors[key] = obj.detach().cpu().clone().contiguous()  # own storage: tied weights save apart
         return {"__tensor__": key}
     if isinstance(obj, dict):
         if all(isinstance(k, str) and not k.startswith("__") for k in obj):

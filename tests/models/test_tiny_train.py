@@ -28,7 +28,7 @@ def test_resume_refuses_another_config(tmp_path):
     cfg = T.TrainConfig(**{**T.QUICK, "steps": 4, "eval_every": 2, "bank": 200, "eval_sequences": 8})
     T.train(cfg, tmp_path, log=lambda *_: None)
     other = T.TrainConfig(**{**T.QUICK, "steps": 6, "eval_every": 2, "bank": 200, "eval_sequences": 8})
-    with pytest.raises(ValueError, match="another training config"):
+    with pytest.raises(ValueError, match="belongs to other work"):  # another training config
         T.train(other, tmp_path, log=lambda *_: None)
 
 

@@ -58,7 +58,7 @@ def _header(res: Results, run: dict, model: str, secs: list) -> str:
     return out
 
 
-def build_report(results_dir: str | Path, lmm: Any = None) -> Path:
+def build_report(results_dir: str | Path, lmm: Any = None, examples: int = 6) -> Path:
     """Write ``results_dir/report/report.html`` (self-contained: images as data URIs, inline CSS)
     and the PNGs it drew into ``results_dir/report/``; return the HTML's path."""
     root = Path(results_dir)
@@ -67,6 +67,7 @@ def build_report(results_dir: str | Path, lmm: Any = None) -> Path:
     out = root / "report"
     out.mkdir(parents=True, exist_ok=True)
     res = Results(root, lmm)
+    res.examples = examples
     try:
         run = read_json(root / "run.json") if (root / "run.json").exists() else {}
     except ValueError:

@@ -126,7 +126,7 @@ def examples(res: H.Results, lmm: Any, n: int, out: Path) -> str:
 
 
 def section(res: H.Results, out: Path) -> str:
-    return examples(res, res.lmm, EXAMPLES, out)
+    return examples(res, res.lmm, getattr(res, "examples", EXAMPLES), out)
 
 
 STAGE = Stage("report", "one self-contained HTML report of every stage", run,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -24,6 +23,8 @@ import torch.nn.functional as F
 
 from mmfv import relations as R
 from mmfv.data import scenes as S
+from mmfv.execution import Checkpoint
+from mmfv.io import write_json
 from mmfv.models.tiny.modeling import MmfvTinyConfig, MmfvTinyForCausalLM
 from mmfv.models.tiny.tokenizer import A, BOS, DOT, EOC, IMG, PAD, Q, TinyTokenizer
 
@@ -218,7 +219,9 @@ def evaluate_positions(model, bank, cfg, tok, P, explicit=False) -> dict:
 
 
 def train(cfg: TrainConfig, out: str | Path, minutes: float | None = None, log=print) -> dict:
-    """Train mmfv-tiny into ``out`` (save_pretrained + vocab + card). Resumes from ``out/state.pt``."""
+    if minutes is not None and minutes <= 0:
+        raise ValueError(f"minutes must be positive, got {minutes}: it is the time budget of this training run")
+    """Train mmfv-tiny into ``out`` (save_pretrained + vocab + card). Resumes from ``out/state.safetensors``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -248,11 +251,9 @@ def train(cfg: TrainConfig, out: str | Path, minutes: float | None = None, log=p
     ev_bank = build_bank(cfg, tok, max(400, cfg.eval_sequences * 2), "eval")
     log(f"banks ready in {time.time() - t0:.1f}s; model {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params")
     step, history, done_minutes = 0, [], 0.0
-    state_path = out / "state.pt"
-    if state_path.exists():
-        st = torch.load(state_path, weights_only=False)
-        if {**asdict(TrainConfig()), **st["train_config"]} != asdict(cfg):  # fields added later take their defaults
-            raise ValueError(f"{state_path} was written by another training config: use another --out or delete it")
+    ck = Checkpoint(out / "state.safetensors", {"train_config": asdict(cfg)})  # safetensors + JSON: loading runs no code
+    st = ck.load()
+    if st is not None:
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["opt"])
         gen.set_state(st["gen"])
@@ -291,9 +292,8 @@ def train(cfg: TrainConfig, out: str | Path, minutes: float | None = None, log=p
             history.append(rec)
             log(json.dumps(rec))
             run = {"loss": 0.0, "acc": torch.zeros(cfg.n_items), "aux": 0.0, "n": 0}
-            tmp = state_path.with_suffix(".tmp")
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(), "step": step, "history": history, "train_config": asdict(cfg), "minutes": done_minutes + (time.time() - t_start) / 60}, tmp)
-            os.replace(tmp, state_path)
+            ck.save({"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(), "step": step, "history": history,
+                     "minutes": done_minutes + (time.time() - t_start) / 60})
             model.save_pretrained(out)
             tok.save(out)
     model.save_pretrained(out)
@@ -307,6 +307,5 @@ def train(cfg: TrainConfig, out: str | Path, minutes: float | None = None, log=p
         "history": history,
         "train_minutes": round(done_minutes + (time.time() - t_start) / 60, 2),
     }
-    with open(out / "card.json", "w") as f:
-        json.dump(card, f, indent=1)
+    write_json(out / "card.json", card)
     return card
