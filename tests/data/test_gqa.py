@@ -189,7 +189,7 @@ def test_filters_validate_and_describe():
 def test_splits_are_disjoint_by_image_and_deterministic(many):
     path, img, graphs = many
     f = gqa.Filters(min_objects=1)
-    per = {s: gqa.items(s, path, img, filters=f) for s in gqa.SPLITS}
+    per = {s: gqa.items(s, scene_graphs=path, image_dir=img, filters=f) for s in gqa.SPLITS}
     ids = {s: {it.image_id for its in per[s].values() for it in its} for s in gqa.SPLITS}
     for i, a in enumerate(gqa.SPLITS):
         assert ids[a], a
@@ -198,16 +198,16 @@ def test_splits_are_disjoint_by_image_and_deterministic(many):
     assert set().union(*ids.values()) == set(graphs)
     for s in gqa.SPLITS:
         assert all(gqa.split_of(i) == s for i in ids[s])
-    assert gqa.items("val", path, img, filters=f) == per["val"]
+    assert gqa.items("val", scene_graphs=path, image_dir=img, filters=f) == per["val"]
     assert [gqa.split_of(i, seed=1) for i in sorted(graphs)] != [gqa.split_of(i, seed=0) for i in sorted(graphs)]
     # relations= overrides the filters' relations
-    assert set(gqa.items("train", path, img, ["left"], filters=f)) == {"left"}
+    assert set(gqa.items("train", ["left"], scene_graphs=path, image_dir=img, filters=f)) == {"left"}
 
 
 def test_split_fraction_errors(many):
     path, img, _ = many
     with pytest.raises(ValueError, match="unknown split"):
-        gqa.items("novel", path, img)
+        gqa.items("novel", scene_graphs=path, image_dir=img)
     with pytest.raises(ValueError, match="sum to at most 1"):
         gqa.split_of("1", fractions={"train": 0.7, "test": 0.7})
     assert gqa.split_of("1", fractions={"train": 0.0}) is None
@@ -225,7 +225,7 @@ def test_missing_images_named_and_counted(many):
     for iid in ("1003", "1007"):
         (img / f"{iid}.jpg").unlink()
     with pytest.raises(FileNotFoundError) as e:
-        gqa.items("train", path, img, filters=gqa.Filters(min_objects=1))
+        gqa.items("train", scene_graphs=path, image_dir=img, filters=gqa.Filters(min_objects=1))
     msg = one_line(e)
     assert "2 of 40 images are missing" in msg and str(img / "1003.jpg") in msg
     with pytest.raises(FileNotFoundError, match="image folder"):
@@ -273,18 +273,19 @@ def test_relation_dict_form_from_download_page_is_accepted(tmp_path):
 def test_empty_relation_names_relation_and_filters(many):
     path, img, _ = many
     with pytest.raises(ValueError) as e:
-        gqa.items("train", path, img, ["left", "riding"], filters=gqa.Filters(min_objects=1))
+        gqa.items("train", ["left", "riding"], scene_graphs=path, image_dir=img, filters=gqa.Filters(min_objects=1))
     msg = one_line(e)
     assert "'riding'" in msg and "no GQA items after filtering 40 images" in msg and "object area" in msg
     with pytest.raises(ValueError, match="'left': no GQA items in split 'val'"):
-        gqa.items("val", path, img, ["left"], fractions={"train": 1.0, "val": 0.0}, filters=gqa.Filters(min_objects=1))
+        gqa.items("val", ["left"], scene_graphs=path, image_dir=img, fractions={"train": 1.0, "val": 0.0},
+                  filters=gqa.Filters(min_objects=1))
 
 
 # ----------------------------------------------------------------------------- prompts
 def test_clean_and_corrupted_prompts_on_gqa_items(many):
     path, img, _ = many
     f = gqa.Filters(min_objects=1)
-    queries, pools = gqa.items("eval", path, img, filters=f), gqa.items("train", path, img, filters=f)
+    queries, pools = (gqa.items(s, scene_graphs=path, image_dir=img, filters=f) for s in ("eval", "train"))
     for r in R.CARDINAL:
         clean = P.build("clean", queries[r], pools, k=2, n=4, seed=0)
         corrupted = P.build("corrupted", queries[r], pools, k=3, n=4, seed=0)

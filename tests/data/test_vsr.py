@@ -143,19 +143,19 @@ def test_uniqueness_and_max_per_image(tmp_path):
 # ----------------------------------------------------------------------------- splits
 def test_splits_are_disjoint_by_image(many):
     path, img, rows = many
-    per = {s: vsr.items(s, path, img) for s in vsr.SPLITS}
+    per = {s: vsr.items(s, jsonl=path, image_dir=img) for s in vsr.SPLITS}
     ids = {s: {it.image_id for its in per[s].values() for it in its} for s in vsr.SPLITS}
     for i, a in enumerate(vsr.SPLITS):
         assert ids[a], a
         for b in vsr.SPLITS[i + 1:]:
             assert not ids[a] & ids[b], (a, b)
     assert set().union(*ids.values()) == {Path(r["image"]).stem for r in rows}
-    assert vsr.items("test", path, img) == per["test"]
+    assert vsr.items("test", jsonl=path, image_dir=img) == per["test"]
     # several files (VSR's own train/dev/test share images) are merged, then split by image
     half = len(rows) // 2
     p1, _ = write(path.parent, rows[:half], name="a.jsonl", images=False)
     p2, _ = write(path.parent, rows[half:], name="b.jsonl", images=False)
-    assert vsr.items("eval", [p1, p2], img) == per["eval"]
+    assert vsr.items("eval", jsonl=[p1, p2], image_dir=img) == per["eval"]
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -170,7 +170,7 @@ def test_missing_images_named_and_counted(many):
     for i in (3, 5, 9):
         (img / f"{i:012d}.jpg").unlink()
     with pytest.raises(FileNotFoundError) as e:
-        vsr.items("train", path, img)
+        vsr.items("train", jsonl=path, image_dir=img)
     msg = one_line(e)
     assert "3 of 40 images are missing" in msg and str(img / "000000000003.jpg") in msg
     with pytest.raises(FileNotFoundError, match="not found"):
@@ -197,17 +197,17 @@ def test_wrong_schema_is_one_line_value_error(tmp_path, line, expect):
 def test_empty_relation_names_relation_and_filters(many):
     path, img, _ = many
     with pytest.raises(ValueError) as e:
-        vsr.items("train", path, img, ["left", "right", "above_left"])
+        vsr.items("train", ["left", "right", "above_left"], jsonl=path, image_dir=img)
     msg = one_line(e)
     assert "'above_left'" in msg and "no VSR items after filtering 240 rows" in msg and "label=1 only" in msg
     with pytest.raises(ValueError, match="'left': no VSR items in split 'val'"):
-        vsr.items("val", path, img, ["left"], fractions={"train": 1.0, "val": 0.0})
+        vsr.items("val", ["left"], jsonl=path, image_dir=img, fractions={"train": 1.0, "val": 0.0})
 
 
 # ----------------------------------------------------------------------------- prompts
 def test_clean_and_corrupted_prompts_on_vsr_items(many):
     path, img, _ = many
-    queries, pools = vsr.items("eval", path, img), vsr.items("train", path, img)
+    queries, pools = (vsr.items(s, jsonl=path, image_dir=img) for s in ("eval", "train"))
     for r in R.CARDINAL:
         for p in P.build("clean", queries[r], pools, k=2, n=4, seed=0):
             assert all(d.relation == r for d in p.demos) and len(p.demos) == 2
