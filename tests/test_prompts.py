@@ -257,10 +257,131 @@ def test_k_larger_than_the_pool():
     assert P.clean(q, pool, 3, random.Random(0)).k == 3
 
 
-def test_unknown_relation_in_a_query():
-    q = _fake("q", "cat", "dog", "up")
-    for fn in (lambda: P.clean(q, [], 0, random.Random(0)), lambda: P.corrupted(q, {}, 0, random.Random(0)),
-               lambda: P.zero_shot(q)):
-        with pytest.raises(R.UnknownRelationError, match="'up'"):
-            fn()
+def test_malformed_relation_in_a_query():
+    for bad in ("Up Down", "left-of", ""):
+        q = _fake("q", "cat", "dog", bad)
+        for fn in (lambda: P.clean(q, [], 0, random.Random(0)), lambda: P.corrupted(q, {}, 0, random.Random(0)),
+                   lambda: P.zero_shot(q)):
+            with pytest.raises(R.UnknownRelationError, match=repr(bad)):
+                fn()
+    # any lower_case name is a relation: scene-graph predicates, the user's own tasks
     assert P.zero_shot(_fake("q", "man", "horse", "riding")).relation == "riding"
+    assert P.zero_shot(_fake("q", "hot", "cold", "antonym")).relation == "antonym"
+
+
+# ---------------------------------------------------------------- text-only items
+
+def test_text_only_items_render_without_image_tokens():
+    demos = tuple(P.Item(P.text_id(q), q, a, "antonym") for q, a in (("hot", "cold"), ("up", "down")))
+    query = P.Item(P.text_id("big"), "big", "small", "antonym")
+    p = P.Prompt(demos, query, "clean")
+    assert not query.has_image and query.image_id == "text:big"
+    assert P.FLAMINGO.render(p) == "Q: hot. A: cold.<|endofchunk|>Q: up. A: down.<|endofchunk|>Q: big. A:"
+    assert P.FU2025.render(p) == "Q:hot. A:cold.<|endofchunk|>\nQ:up. A:down.<|endofchunk|>\nQ:big. A:"
+    assert p.images() == []
+    with pytest.raises(ValueError, match="text-only"):
+        query.load_image()
+    # a prompt mixing both keeps image tokens and images aligned
+    mixed = P.Prompt((_fake("a", "cat", "dog", "antonym"),), query, "clean")
+    assert P.FLAMINGO.render(mixed).count("<image>") == len(mixed.images()) == 1
+    # demonstrations never share the query's text id: the query's own pair is not a demo
+    pool = [P.Item(P.text_id(q), q, "x", "antonym") for q in ("big", "tall", "wide")]
+    for seed in range(10):
+        assert all(d.query != "big" for d in P.clean(query, pool, 2, random.Random(seed)).demos)
+
+
+# ---------------------------------------------------------------- Fu et al. (2025)
+
+def test_fu2025_openflamingo_prompt_is_byte_identical_to_the_papers_code():
+    # Literal derived from fushuhao6/Multimodal-Function-Vector, dataset/utils.py, construct_question
+    # (flamingo branch): each demo is f"<image>Q:{s}. A:{o}.<|endofchunk|>", the demos are joined by
+    # "\n", a "\n" follows them, then f"<image>Q:{query_obj}. A:".
+    p = P.Prompt((_fake("1", "man", "phone", "holding"), _fake("2", "woman", "hat", "holding")),
+                 _fake("3", "boy", "ball", "holding"), "clean")
+    assert P.FU2025.render(p) == "<image>Q:man. A:phone.<|endofchunk|>\n<image>Q:woman. A:hat.<|endofchunk|>\n<image>Q:boy. A:"
+    # zero-shot (their output_zero_shot / num_context=0): no demos, no newline
+    assert P.FU2025.render(P.zero_shot(p.query)) == "<image>Q:boy. A:"
+    # utils/utils.py, get_answer_id: the answer is tokenized right after "A:", no space
+    assert P.FU2025.answer_text(p) == "ball"
+
+
+def test_fu2025_qwen_messages_match_the_papers_code():
+    # dataset/utils.py, construct_question (qwen branch): system message, then one user turn of
+    # image / "Q:s. A:o.\n" per demo, then the query image and "Q:q. A:".
+    p = P.Prompt((_fake("1", "man", "phone", "holding"),), _fake("3", "boy", "ball", "holding"), "clean")
+    assert P.fu2025_chat(p) == [
+        {"role": "system", "content": [{"type": "text", "text": "Use the following template to answer the question:\nQ:object1. A:object2"}]},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Q:man. A:phone.\n"},
+                                     {"type": "image"}, {"type": "text", "text": "Q:boy. A:"}]},
+    ]
+
+
+def _anchors(p: P.Prompt) -> list[tuple[str, str]]:
+    return sorted((d.image_id, d.query) for d in p.demos)
+
+
+@pytest.mark.parametrize("rel", R.CARDINAL)
+def test_fu2025_corrupted_rotates_answers_on_the_clean_demos(pools, rel):
+    use = {r: pools[r] for r in R.CARDINAL}
+    clean = P.build("clean", pools[rel], use, 4, 12, 5, protocol="fu2025")
+    corr = P.build("corrupted", pools[rel], use, 4, 12, 5, protocol="fu2025")
+    orders = set()
+    for c, x in zip(clean, corr):
+        assert x.kind == "corrupted" and x.query == c.query and x.k == 4
+        assert _anchors(x) == _anchors(c)  # same demo images and query objects
+        # demo i of the clean prompt answers in relation i (above, below, left, right), then all are permuted
+        by_image = {d.image_id: d.relation for d in x.demos}
+        assert [by_image[d.image_id] for d in c.demos] == list(R.CARDINAL)
+        for d in x.demos:
+            _is_real(d)
+        orders.add(tuple(d.relation for d in x.demos))
+        assert rel in {d.relation for d in x.demos}  # with k = 4 the query's relation is shown once
+    assert len(orders) > 3
+    for c in clean:  # clean demos come from scenes with all four neighbours
+        assert all(all(d.image.has(r) for r in R.CARDINAL) for d in c.demos)
+
+
+def test_fu2025_corrupted_with_fewer_demos_and_errors(pools):
+    use = {r: pools[r] for r in R.CARDINAL}
+    for p in P.build("corrupted", pools["right"], use, 2, 6, 0, protocol="fu2025"):
+        assert sorted(d.relation for d in p.demos) == ["above", "below"]  # zip(in_context, rel_cols)
+    with pytest.raises(P.PromptError, match="k=5 is more"):
+        P.build("corrupted", pools["right"], use, 5, 2, 0, protocol="fu2025")
+    lacking = next(it for it in pools["left"] if not it.image.has("above"))
+    base = P.Prompt((lacking,), pools["right"][0], "clean")
+    with pytest.raises(P.PromptError, match="no 'above' answer"):
+        P.corrupted_fu2025(base, use, random.Random(0))
+    with pytest.raises(P.PromptError, match="unknown prompt protocol"):
+        P.build("clean", pools["left"], use, 1, 1, 0, protocol="paper")
+    with pytest.raises(P.PromptError, match="use corrupted"):
+        P.corrupted_fu2025(base, use, random.Random(0), protocol="mmfv")
+    single = P.corrupted(pools["left"][0], use, 3, random.Random(1), protocol="fu2025")
+    assert single.k == 3 and sorted(d.relation for d in single.demos) == ["above", "below", "left"]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fu2025_gqa_round_robin_from_unused_images(pools, seed):
+    use = {r: pools[r] for r in R.CARDINAL}
+    clean = P.build("clean", pools["left"], use, 3, 10, seed, protocol="fu2025_gqa")
+    assert clean == P.build("clean", pools["left"], use, 3, 10, seed)  # clean prompts are mmfv's
+    shown_query_relation = False
+    for c, x in zip(clean, P.build("corrupted", pools["left"], use, 3, 10, seed, protocol="fu2025_gqa")):
+        assert x.query == c.query and x.k == 3
+        used = {d.image_id for d in c.demos} | {c.query.image_id}
+        ids = [d.image_id for d in x.demos]
+        assert not set(ids) & used and len(set(ids)) == 3
+        assert len({d.relation for d in x.demos}) == 3  # 3 steps of a permutation of 4 relations
+        shown_query_relation |= "left" in {d.relation for d in x.demos}
+        for d in x.demos:
+            _is_real(d)
+    assert shown_query_relation  # the paper's round robin includes the query's relation
+    with pytest.raises(P.PromptError, match="found only"):
+        P.build("corrupted", pools["left"][:3], {"left": pools["left"][:3]}, 2, 1, seed, protocol="fu2025_gqa")
+
+
+def test_mmfv_stays_the_default_protocol(pools):
+    use = {r: pools[r] for r in R.CARDINAL}
+    for kind in P.KINDS:
+        assert P.build(kind, pools["above"], use, 3, 8, 2) == P.build(kind, pools["above"], use, 3, 8, 2, protocol="mmfv")
+    for p in P.build("corrupted", pools["above"], use, 5, 8, 2):
+        assert "above" not in {d.relation for d in p.demos}

@@ -134,3 +134,42 @@ def test_offsets_are_unique_and_one_step():
     offs = [R.offset(n) for n in R.SPATIAL]
     assert len(set(offs)) == 8
     assert set(offs) == {(dr, dc) for dr, dc in itertools.product((-1, 0, 1), repeat=2)} - {(0, 0)}
+
+
+def test_alias_groups():
+    assert R.PHRASE_ALIASES == {**R.IMAGE_PLANE_ALIASES, **R.SUPPORT_ALIASES}
+    assert not set(R.IMAGE_PLANE_ALIASES) & set(R.SUPPORT_ALIASES)
+    assert R.from_phrase("under") == "below" and R.from_phrase("under", image_plane_only=True) is None
+    assert R.from_phrase("on top of", image_plane_only=True) is None
+    assert R.from_phrase("Below", image_plane_only=True) == "below"
+    assert R.from_phrase("at the left side of", image_plane_only=True) == "left"
+
+
+@pytest.mark.parametrize("phrase, name", [("Sitting  On", "sitting_on"), ("country-capital", "country_capital"),
+                                          ("to the left of", "to_the_left_of"), ("above_left", "above_left"),
+                                          (" holding ", "holding")])
+def test_normalise(phrase, name):
+    assert R.normalise(phrase) == name
+
+
+def test_user_names():
+    for ok in ("holding", "sitting_on", "country_capital", "above", "r2d2"):
+        assert R.user(ok) == ok
+    for bad in ("Holding", "sitting on", "left-of", "", "_x", "x_", "a__b", None):
+        with pytest.raises(R.UnknownRelationError) as e:
+            R.user(bad)  # type: ignore[arg-type]
+        assert repr(bad) in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(R.UnknownRelationError):
+        R.get("sitting_on")  # a user name has no geometry
+
+
+@pytest.mark.parametrize("phrase, name", [("to the left of", "left"), ("under", "below"), ("sitting on", "sitting_on"),
+                                          ("In Front Of", "in_front_of"), ("left", "left")])
+def test_scene_name(phrase, name):
+    assert R.scene_name(phrase) == name
+
+
+def test_scene_name_image_plane_only():
+    assert R.scene_name("under", image_plane_only=True) == "under"
+    assert R.scene_name("on top of", image_plane_only=True) == "on_top_of"
+    assert R.scene_name("right of", image_plane_only=True) == "right"

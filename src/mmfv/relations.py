@@ -7,6 +7,7 @@ object at (row + drow, col + dcol), with rows growing downwards (image conventio
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -52,15 +53,12 @@ NON_SPATIAL: tuple[str, ...] = (
 )
 """Scene-graph (GQA) relations without geometry, named lower_case_with_underscores."""
 
-# Scene-graph phrases (GQA, VSR) that name one of our spatial relations.
-PHRASE_ALIASES: dict[str, str] = {
+# Scene-graph phrases (GQA, VSR) that name one of our spatial relations. The image-plane ones say
+# where the object is drawn; the support ones ("on top of", "under") also say it rests on or is
+# covered by the other object, so a dataset may keep them apart (``from_phrase(image_plane_only=True)``).
+IMAGE_PLANE_ALIASES: dict[str, str] = {
     "above": "above",
-    "on top of": "above",
-    "over": "above",
     "below": "below",
-    "under": "below",
-    "beneath": "below",
-    "underneath": "below",
     "to the left of": "left",
     "left of": "left",
     "at the left side of": "left",
@@ -68,6 +66,16 @@ PHRASE_ALIASES: dict[str, str] = {
     "right of": "right",
     "at the right side of": "right",
 }
+SUPPORT_ALIASES: dict[str, str] = {
+    "on top of": "above",
+    "over": "above",
+    "under": "below",
+    "beneath": "below",
+    "underneath": "below",
+}
+PHRASE_ALIASES: dict[str, str] = {**IMAGE_PLANE_ALIASES, **SUPPORT_ALIASES}
+
+_USER_NAME = re.compile(r"[a-z0-9]+(?:_[a-z0-9]+)*")
 
 
 class UnknownRelationError(ValueError):
@@ -145,9 +153,42 @@ def decompose(name: str) -> tuple[str, str]:
     return v, h
 
 
-def from_phrase(phrase: str) -> str | None:
-    """Map a scene-graph relation phrase to a spatial relation name, or None if not spatial."""
-    return PHRASE_ALIASES.get(phrase.strip().lower())
+def from_phrase(phrase: str, image_plane_only: bool = False) -> str | None:
+    """Map a scene-graph relation phrase to a spatial relation name, or None if not spatial.
+
+    With ``image_plane_only`` the support phrases ("on top of", "under", ...) are not mapped.
+    """
+    aliases = IMAGE_PLANE_ALIASES if image_plane_only else PHRASE_ALIASES
+    return aliases.get(phrase.strip().lower())
+
+
+def normalise(phrase: str) -> str:
+    """A phrase as a relation name: lower case, runs of spaces / hyphens as one underscore.
+
+    ``normalise("Sitting  On") == "sitting_on"``, ``normalise("country-capital") == "country_capital"``.
+    """
+    return "_".join(w for w in re.split(r"[\s\-_]+", phrase.strip().lower()) if w)
+
+
+def user(name: str) -> str:
+    """Accept any lower_case relation name (a user's task, a scene-graph predicate); one-line error
+    otherwise. Only the 8 spatial names carry grid geometry; any other name is a label."""
+    if not isinstance(name, str) or not _USER_NAME.fullmatch(name):
+        raise UnknownRelationError(
+            f"relation name {name!r} must be lower_case words joined by '_' (letters and digits, e.g. sitting_on)"
+        )
+    return name
+
+
+def scene_name(phrase: str, image_plane_only: bool = False) -> str:
+    """The mmfv name of a scene-graph predicate or a user's relation phrase.
+
+    Spatial phrases map through :func:`from_phrase` ("to the left of" -> "left"); any other phrase
+    is :func:`normalise`-d ("sitting on" -> "sitting_on"); an mmfv name comes back unchanged.
+    Never raises (it reads every predicate of a file); check names a user asks for with :func:`user`.
+    """
+    spatial = from_phrase(phrase, image_plane_only)
+    return spatial if spatial is not None else normalise(phrase)
 
 
 def opposite(name: str) -> str:

@@ -189,7 +189,7 @@ def test_filters_validate_and_describe():
 def test_splits_are_disjoint_by_image_and_deterministic(many):
     path, img, graphs = many
     f = gqa.Filters(min_objects=1)
-    per = {s: gqa.items(s, path, img, filters=f) for s in gqa.SPLITS}
+    per = {s: gqa.items(s, scene_graphs=path, image_dir=img, filters=f) for s in gqa.SPLITS}
     ids = {s: {it.image_id for its in per[s].values() for it in its} for s in gqa.SPLITS}
     for i, a in enumerate(gqa.SPLITS):
         assert ids[a], a
@@ -198,16 +198,16 @@ def test_splits_are_disjoint_by_image_and_deterministic(many):
     assert set().union(*ids.values()) == set(graphs)
     for s in gqa.SPLITS:
         assert all(gqa.split_of(i) == s for i in ids[s])
-    assert gqa.items("val", path, img, filters=f) == per["val"]
+    assert gqa.items("val", scene_graphs=path, image_dir=img, filters=f) == per["val"]
     assert [gqa.split_of(i, seed=1) for i in sorted(graphs)] != [gqa.split_of(i, seed=0) for i in sorted(graphs)]
     # relations= overrides the filters' relations
-    assert set(gqa.items("train", path, img, ["left"], filters=f)) == {"left"}
+    assert set(gqa.items("train", ["left"], scene_graphs=path, image_dir=img, filters=f)) == {"left"}
 
 
 def test_split_fraction_errors(many):
     path, img, _ = many
     with pytest.raises(ValueError, match="unknown split"):
-        gqa.items("novel", path, img)
+        gqa.items("novel", scene_graphs=path, image_dir=img)
     with pytest.raises(ValueError, match="sum to at most 1"):
         gqa.split_of("1", fractions={"train": 0.7, "test": 0.7})
     assert gqa.split_of("1", fractions={"train": 0.0}) is None
@@ -225,7 +225,7 @@ def test_missing_images_named_and_counted(many):
     for iid in ("1003", "1007"):
         (img / f"{iid}.jpg").unlink()
     with pytest.raises(FileNotFoundError) as e:
-        gqa.items("train", path, img, filters=gqa.Filters(min_objects=1))
+        gqa.items("train", scene_graphs=path, image_dir=img, filters=gqa.Filters(min_objects=1))
     msg = one_line(e)
     assert "2 of 40 images are missing" in msg and str(img / "1003.jpg") in msg
     with pytest.raises(FileNotFoundError, match="image folder"):
@@ -273,18 +273,19 @@ def test_relation_dict_form_from_download_page_is_accepted(tmp_path):
 def test_empty_relation_names_relation_and_filters(many):
     path, img, _ = many
     with pytest.raises(ValueError) as e:
-        gqa.items("train", path, img, ["left", "riding"], filters=gqa.Filters(min_objects=1))
+        gqa.items("train", ["left", "riding"], scene_graphs=path, image_dir=img, filters=gqa.Filters(min_objects=1))
     msg = one_line(e)
     assert "'riding'" in msg and "no GQA items after filtering 40 images" in msg and "object area" in msg
     with pytest.raises(ValueError, match="'left': no GQA items in split 'val'"):
-        gqa.items("val", path, img, ["left"], fractions={"train": 1.0, "val": 0.0}, filters=gqa.Filters(min_objects=1))
+        gqa.items("val", ["left"], scene_graphs=path, image_dir=img, fractions={"train": 1.0, "val": 0.0},
+                  filters=gqa.Filters(min_objects=1))
 
 
 # ----------------------------------------------------------------------------- prompts
 def test_clean_and_corrupted_prompts_on_gqa_items(many):
     path, img, _ = many
     f = gqa.Filters(min_objects=1)
-    queries, pools = gqa.items("eval", path, img, filters=f), gqa.items("train", path, img, filters=f)
+    queries, pools = (gqa.items(s, scene_graphs=path, image_dir=img, filters=f) for s in ("eval", "train"))
     for r in R.CARDINAL:
         clean = P.build("clean", queries[r], pools, k=2, n=4, seed=0)
         corrupted = P.build("corrupted", queries[r], pools, k=3, n=4, seed=0)
@@ -297,3 +298,94 @@ def test_clean_and_corrupted_prompts_on_gqa_items(many):
         text = P.FLAMINGO.render(corrupted[0])
         assert text.count("<image>") == 4 and text.endswith(f"Q: {corrupted[0].query.query}. A:")
     assert len(P.build("zero-shot", queries["left"], pools, k=0, n=2, seed=0)[0].images()) == 1
+
+
+# ----------------------------------------------------------------------------- presets, direction, fu2025
+def test_relation_presets():
+    assert gqa.relation_phrases("cardinal") == R.CARDINAL
+    assert gqa.relation_phrases(None) == R.CARDINAL
+    assert gqa.relation_phrases("agentic") == ("wearing", "holding", "carrying", "sitting on", "standing on",
+                                               "standing in", "riding")
+    assert [gqa.relation_name(p) for p in gqa.relation_phrases("spatial")] == [
+        "above", "below", "left", "right", "next_to", "behind", "in_front_of"]
+    assert gqa.relation_phrases(["holding", "next to"]) == ("holding", "next to")
+    with pytest.raises(ValueError, match="unknown GQA relation preset 'agentive'"):
+        gqa.relation_phrases("agentive")
+    with pytest.raises(R.UnknownRelationError):
+        gqa.relation_phrases(["holding", "!!"])
+
+
+def holding_graph():
+    # GQA: man --holding--> phone ("man holding phone"); 4 objects of 9 % of the image each
+    return {"1": graph({
+        "m": obj("man", 10, 10, 30, 30, rels=[("holding", "p"), ("to the left of", "t")]),
+        "p": obj("phone", 50, 10, 30, 30),
+        "t": obj("table", 10, 50, 30, 30),
+        "c": obj("cup", 50, 50, 30, 30),
+    })}
+
+
+@pytest.mark.parametrize("filters", [gqa.Filters(), gqa.F.FuFilters()])
+def test_man_holding_phone_is_q_man_a_phone_under_fu2025(tmp_path, filters):
+    g = holding_graph()
+    _, img = write(tmp_path, g)
+    fu = gqa.build_items(g, img, filters, relations=["holding"], direction="fu2025")
+    assert pairs(fu["holding"]) == {("1", "man", "phone")}  # Q:man. A:phone
+    mm = gqa.build_items(g, img, filters, relations=["holding"])
+    assert pairs(mm["holding"]) == {("1", "phone", "man")}  # mmfv's default asks the reverse
+    p = P.zero_shot(fu["holding"][0])
+    assert P.FU2025.render(p) == "<image>Q:man. A:" and P.FU2025.answer_text(p) == "phone"
+
+
+def test_fu2025_direction_on_spatial_relations_reads_query_relation_answer(tmp_path):
+    g = holding_graph()
+    _, img = write(tmp_path, g)
+    out = gqa.build_items(g, img, gqa.Filters(), relations=["left", "right"], direction="fu2025")
+    assert pairs(out["left"]) == {("1", "man", "table")}  # the man is left of the table
+    assert pairs(out["right"]) == {("1", "table", "man")}  # same fact read backwards
+    with pytest.raises(ValueError, match="unknown direction"):
+        gqa.build_items(g, img, gqa.Filters(), direction="sideways")
+
+
+def test_fu2025_filters_through_items(tmp_path):
+    g = {**{str(i): holding_graph()["1"] for i in range(30)},
+         "tiny": graph({"m": obj("man", 0, 0, 30, 30, rels=[("holding", "p")]), "p": obj("phone", 0, 0, 2, 2),
+                        "t": obj("table", 0, 0, 30, 30), "c": obj("cup", 0, 0, 30, 30)})}
+    path, img = write(tmp_path, g)
+    report: dict[str, int] = {}
+    out = gqa.items("train", ["holding"], 0, scene_graphs=path, image_dir=img, filters="fu2025", direction="fu2025",
+                    fractions={"train": 1.0}, report=report)
+    assert {(it.query, it.answer) for it in out["holding"]} == {("man", "phone")}
+    assert len(out["holding"]) == 30 and "tiny" not in {it.image_id for it in out["holding"]}
+    assert report["images"] == 31 and report["kept_images"] == 30 and report["drop:relation_count"] == 1
+    assert report["kept:holding"] == 30
+    # fu2025 filters match predicates exactly: "to the left of", never "left of" or the reversed edge
+    left = gqa.items("train", ["left"], 0, scene_graphs=path, image_dir=img, filters="fu2025", fractions={"train": 1.0})
+    assert {(it.query, it.answer) for it in left["left"]} == {("table", "man")}
+    with pytest.raises(ValueError, match="'right'.*predicates to the right of matched exactly"):
+        gqa.items("train", ["right"], 0, scene_graphs=path, image_dir=img, filters="fu2025", fractions={"train": 1.0})
+
+
+def test_items_source_and_option_errors(many):
+    path, img, _ = many
+    with pytest.raises(ValueError, match="exactly one GQA source"):
+        gqa.items("train", image_dir=img)
+    with pytest.raises(ValueError, match="exactly one GQA source"):
+        gqa.items("train", scene_graphs=path, fu_json=path, image_dir=img)
+    with pytest.raises(ValueError, match="unknown GQA filters 'paper'"):
+        gqa.items("train", scene_graphs=path, image_dir=img, filters="paper")
+    with pytest.raises(ValueError, match="no image sizes"):
+        gqa.items("train", fu_json=path, image_dir=img, filters=gqa.Filters())
+
+
+def test_min_items_and_report(many):
+    path, img, graphs = many
+    f = gqa.Filters(min_objects=1)
+    report: dict[str, int] = {}
+    out = gqa.items("val", ["left"], scene_graphs=path, image_dir=img, filters=f, report=report)
+    n = len(out["left"])
+    assert report["images"] == 40 and report["kept:left"] == 40 and report["per_image_cap"] == 40  # 2 -> 1 per image
+    assert gqa.items("val", ["left"], scene_graphs=path, image_dir=img, filters=f, min_items=n)["left"] == out["left"]
+    with pytest.raises(ValueError) as e:
+        gqa.items("val", ["left"], scene_graphs=path, image_dir=img, filters=f, min_items=n + 1)
+    assert f"'left': only {n} GQA items in split 'val' (need {n + 1})" in one_line(e)

@@ -143,19 +143,19 @@ def test_uniqueness_and_max_per_image(tmp_path):
 # ----------------------------------------------------------------------------- splits
 def test_splits_are_disjoint_by_image(many):
     path, img, rows = many
-    per = {s: vsr.items(s, path, img) for s in vsr.SPLITS}
+    per = {s: vsr.items(s, jsonl=path, image_dir=img) for s in vsr.SPLITS}
     ids = {s: {it.image_id for its in per[s].values() for it in its} for s in vsr.SPLITS}
     for i, a in enumerate(vsr.SPLITS):
         assert ids[a], a
         for b in vsr.SPLITS[i + 1:]:
             assert not ids[a] & ids[b], (a, b)
     assert set().union(*ids.values()) == {Path(r["image"]).stem for r in rows}
-    assert vsr.items("test", path, img) == per["test"]
+    assert vsr.items("test", jsonl=path, image_dir=img) == per["test"]
     # several files (VSR's own train/dev/test share images) are merged, then split by image
     half = len(rows) // 2
     p1, _ = write(path.parent, rows[:half], name="a.jsonl", images=False)
     p2, _ = write(path.parent, rows[half:], name="b.jsonl", images=False)
-    assert vsr.items("eval", [p1, p2], img) == per["eval"]
+    assert vsr.items("eval", jsonl=[p1, p2], image_dir=img) == per["eval"]
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -170,7 +170,7 @@ def test_missing_images_named_and_counted(many):
     for i in (3, 5, 9):
         (img / f"{i:012d}.jpg").unlink()
     with pytest.raises(FileNotFoundError) as e:
-        vsr.items("train", path, img)
+        vsr.items("train", jsonl=path, image_dir=img)
     msg = one_line(e)
     assert "3 of 40 images are missing" in msg and str(img / "000000000003.jpg") in msg
     with pytest.raises(FileNotFoundError, match="not found"):
@@ -197,17 +197,17 @@ def test_wrong_schema_is_one_line_value_error(tmp_path, line, expect):
 def test_empty_relation_names_relation_and_filters(many):
     path, img, _ = many
     with pytest.raises(ValueError) as e:
-        vsr.items("train", path, img, ["left", "right", "above_left"])
+        vsr.items("train", ["left", "right", "above_left"], jsonl=path, image_dir=img)
     msg = one_line(e)
     assert "'above_left'" in msg and "no VSR items after filtering 240 rows" in msg and "label=1 only" in msg
     with pytest.raises(ValueError, match="'left': no VSR items in split 'val'"):
-        vsr.items("val", path, img, ["left"], fractions={"train": 1.0, "val": 0.0})
+        vsr.items("val", ["left"], jsonl=path, image_dir=img, fractions={"train": 1.0, "val": 0.0})
 
 
 # ----------------------------------------------------------------------------- prompts
 def test_clean_and_corrupted_prompts_on_vsr_items(many):
     path, img, _ = many
-    queries, pools = vsr.items("eval", path, img), vsr.items("train", path, img)
+    queries, pools = (vsr.items(s, jsonl=path, image_dir=img) for s in ("eval", "train"))
     for r in R.CARDINAL:
         for p in P.build("clean", queries[r], pools, k=2, n=4, seed=0):
             assert all(d.relation == r for d in p.demos) and len(p.demos) == 2
@@ -216,3 +216,70 @@ def test_clean_and_corrupted_prompts_on_vsr_items(many):
             assert p.query.image_id not in {d.image_id for d in p.demos}
     p = P.build("corrupted", queries["left"], pools, k=3, n=1, seed=1)[0]
     assert len(p.images()) == 4
+
+
+# ----------------------------------------------------------------------------- options and drop counts
+def frame_rows():
+    rows = []
+    for i, code in enumerate([0.0, 1.0, 1.0, 2.0, None]):
+        image = f"{i:012d}.jpg"
+        rows.append(row(image, "The cat is left of the dog.", "left of", reference_frame=code))
+        rows.append(row(image, "The cup is under the dog.", "under"))
+        rows.append(row(image, "The lamp is above the dog.", "above"))
+    return rows
+
+
+def test_reference_frame_filter_and_counts(tmp_path):
+    rows = frame_rows()
+    _, img = write(tmp_path, rows)
+    report: dict[str, int] = {}
+    out = build(rows, img, ("left", "below"), reference_frames=[1], report=report)
+    assert {it.image_id for it in out["left"]} == {"000000000001", "000000000002", "000000000004"}  # code 1 or null
+    assert len(out["below"]) == 5  # rows without a code always pass
+    assert report["reference_frame"] == 2 and report["rows"] == 15 and report["other_relation"] == 5
+    assert report["kept:left"] == 3 and report["kept:below"] == 5
+    assert {it.image_id for it in build(rows, img, ("left",), reference_frames=(0, 2.0))["left"]} == {
+        "000000000000", "000000000003", "000000000004"}
+    with pytest.raises(ValueError, match="codes are numbers"):
+        build(rows, img, ("left",), reference_frames=["intrinsic"])
+
+
+def test_vertical_separate_keeps_support_phrases_apart(tmp_path):
+    rows = frame_rows()
+    _, img = write(tmp_path, rows)
+    merged = build(rows, img, ("above", "below"))
+    assert {it.answer for it in merged["below"]} == {"cup"}  # "under" counts as below
+    sep = build(rows, img, ("above", "under"), vertical="separate", check=False)
+    assert {it.answer for it in sep["above"]} == {"lamp"} and {it.answer for it in sep["under"]} == {"cup"}
+    with pytest.raises(ValueError, match="'below': no VSR items"):
+        build(rows, img, ("below",), vertical="separate")
+    assert vsr.relation_name("beneath") == "below" and vsr.relation_name("beneath", "separate") == "beneath"
+    assert vsr.relation_name("at the left side of", "separate") == "left"
+    with pytest.raises(ValueError, match="unknown vertical"):
+        vsr.relation_name("under", "flat")
+
+
+def test_drop_counts(tmp_path):
+    image = "000000000001.jpg"
+    rows = [row(image, "The cat is left of the dog.", "left of"),
+            row(image, "The cup is left of the dog.", "left of"),          # second answer: ambiguous
+            row(image, "The vase is left of the cup.", "left of"),
+            row(image, "The cup is right of the vase.", "right of", label=0),
+            row(image, "A cup sits left of a vase", "left of"),              # off the template
+            row(image, "The cup is touching the vase.", "touching")]
+    path, img = write(tmp_path, rows)
+    report: dict[str, int] = {}
+    vsr.items("eval", ["left"], jsonl=path, image_dir=img, fractions={"eval": 1.0}, report=report)
+    assert report == {"rows": 6, "false_label": 1, "unparsed": 1, "other_relation": 1, "reference_frame": 0,
+                      "ambiguous": 1, "self_answer": 0, "per_image_cap": 0, "kept:left": 1}
+    with pytest.raises(ValueError, match=r"'left': only 1 VSR items in split 'eval' \(need 2\)"):
+        vsr.items("eval", ["left"], jsonl=path, image_dir=img, fractions={"eval": 1.0}, min_items=2)
+    with pytest.raises(ValueError, match="got the string"):
+        vsr.items("eval", "left", jsonl=path, image_dir=img)
+
+
+def test_chance_is_one_half_with_one_caption_per_image(many):
+    _, img, rows = many
+    single = [r for r in rows if r["relation"] == "left of"]
+    for it in build(single, img, ("left",))["left"]:
+        assert len(it.candidates) == 2 and it.answer in it.candidates and it.query in it.candidates

@@ -14,153 +14,79 @@ Images live at ``<image_dir>/<imageId>.jpg``.
 
 **Direction.** In GQA, object A with relation ``{"name": "to the left of", "object": B}`` means
 *A is to the left of B*. An mmfv :class:`~mmfv.prompts.Item` reads "the answer stands in
-``relation`` to the query", so that edge gives ``query = B``, ``answer = A``, ``relation = "left"``
-("Q: B. A: A" — what is to the left of B? A). For a spatial relation the same fact read backwards
-(``B --to the right of--> A``) is used too, so either annotation direction yields the item.
+``relation`` to the query", so by default (``direction="mmfv"``) that edge gives ``query = B``,
+``answer = A``, ``relation = "left"`` ("Q: B. A: A" — what is to the left of B? A). For a spatial
+relation the same fact read backwards (``B --to the right of--> A``) is used too.
+``direction="fu2025"`` asks as Fu et al. (2025) do, Q = subject, A = object ("man holding phone"
+-> Q man, A phone); the relation name then reads "query <relation> answer".
 
-**Relations.** Spatial phrases are mapped by :func:`mmfv.relations.from_phrase` ("to the left of"
--> ``left``, "above" -> ``above``, "under" -> ``below``, …). Any other predicate (e.g. "holding",
-"riding", "sitting on") is a non-spatial relation kept under its own name in snake case
-(``holding``, ``riding``, ``sitting_on``); see :func:`relation_name`.
+**Relations** are names or GQA phrases, or a preset name (:data:`RELATION_PRESETS`: ``cardinal``,
+``spatial``, ``agentic``, ``fu2025_spatial``). Spatial phrases map through
+:func:`mmfv.relations.from_phrase` ("to the left of" -> ``left``, "under" -> ``below``); any other
+predicate keeps its own snake-case name (``holding``, ``sitting_on``).
 
-**Filters** (:class:`Filters`): the relations to keep; bounds on the number of objects in the
-image; bounds on the area of the query and of the answer object as a fraction of the image area;
-uniqueness (the query's name occurs once in the image, and all annotated objects standing in the
-relation to the query share one name, so the question has one answer); at most ``max_per_image``
-items per image and relation. Uniqueness can only be checked against what GQA annotates.
+**Filters.** ``filters="mmfv"`` (:class:`Filters`, the default): bounds on the number of objects in
+the image and on the area of the query and the answer object; uniqueness (the query's name occurs
+once, all its answers share one name); at most ``max_per_image`` items per image and relation.
+``filters="fu2025"``: the paper's filters (:class:`mmfv.data.gqa_fu.FuFilters`: valid objects of
+area 0.05..0.5 not on a 25-word blacklist, 3..30 of them, no repeated name, 1..15 matching
+relations, exact predicates). Fu's released processed files are read with ``fu_json=``.
 
-**Splits** are made by image: a deterministic hash of (seed, image id) places every image in one
-of ``eval`` / ``train`` / ``val`` / ``test`` (see :func:`split_of`), so no image is in two splits.
+**Splits** are made by image (:mod:`mmfv.data.splits`), so no image is in two splits.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from mmfv import prompts as P
 from mmfv import relations as R
-
-SPLITS: tuple[str, ...] = ("eval", "train", "val", "test")
-"""The splits real-image items are divided into (by image)."""
-DEFAULT_FRACTIONS: dict[str, float] = {"eval": 0.3, "train": 0.4, "val": 0.1, "test": 0.2}
-"""Share of the images that goes to each split."""
+from mmfv.data import gqa_fu as F
+from mmfv.data import splits as S
+from mmfv.data.splits import DEFAULT_FRACTIONS, SPLITS, check_images, split_items, split_of  # noqa: F401 (re-exported)
 
 PathLike = str | os.PathLike
 _OBJECT_KEYS = ("name", "x", "y", "w", "h", "relations")
 _OPPOSITE = {r: R.opposite(r) for r in R.SPATIAL}
 
+RELATION_PRESETS: dict[str, tuple[str, ...]] = {
+    "cardinal": R.CARDINAL,
+    "spatial": ("above", "below", "to the left of", "to the right of", "next to", "behind", "in front of"),
+    "agentic": ("wearing", "holding", "carrying", "sitting on", "standing on", "standing in", "riding"),
+    "fu2025_spatial": ("above", "below", "behind", "next to"),
+}
+"""Named relation sets. ``agentic`` is the paper's list (prepare_gqa_dataset.py usage example; the
+predicates of its released ``gqa_filtered_agentic_*.json``); ``fu2025_spatial`` its spatial example."""
+FILTER_PRESETS: tuple[str, ...] = ("mmfv", "fu2025")
 
-# ----------------------------------------------------------------------------- names and splits
+
 @lru_cache(maxsize=65536)
 def relation_name(phrase: str) -> str:
-    """The mmfv name of a scene-graph predicate.
-
-    Spatial phrases map through :func:`mmfv.relations.from_phrase` ("to the left of" -> "left");
-    any other phrase is lower-cased with spaces as underscores ("sitting on" -> "sitting_on").
-    An mmfv name is returned unchanged ("left" -> "left", "above_left" -> "above_left").
-    """
-    spatial = R.from_phrase(phrase)
-    if spatial is not None:
-        return spatial
-    return "_".join(phrase.strip().lower().split())
+    """The mmfv name of a scene-graph predicate (:func:`mmfv.relations.scene_name`):
+    "to the left of" -> "left", "sitting on" -> "sitting_on", "left" -> "left"."""
+    return R.scene_name(phrase)
 
 
-def _fractions(fractions: Mapping[str, float] | None) -> tuple[tuple[str, float], ...]:
-    fr = dict(DEFAULT_FRACTIONS if fractions is None else fractions)
-    for name, v in fr.items():
-        if name not in SPLITS:
-            raise ValueError(f"unknown split {name!r} in fractions: choose from {', '.join(SPLITS)}")
-        if not isinstance(v, (int, float)) or not 0 <= v <= 1:
-            raise ValueError(f"split fraction for {name!r} must be in [0, 1], got {v!r}")
-    total = sum(fr.values())
-    if total > 1 + 1e-9:
-        raise ValueError(f"split fractions must sum to at most 1, got {total:g} ({fr})")
-    return tuple((s, float(fr[s])) for s in SPLITS if s in fr)
-
-
-def split_of(image_id: str, seed: int = 0, fractions: Mapping[str, float] | None = None) -> str | None:
-    """The split an image belongs to: a hash of (seed, image id) cut at the cumulative fractions.
-
-    Deterministic across runs and machines; None when the fractions sum to less than 1 and the
-    image falls in the unused rest.
-    """
-    return _split_of(str(image_id), seed, _fractions(fractions))
-
-
-def _split_of(image_id: str, seed: int, fractions: tuple[tuple[str, float], ...]) -> str | None:
-    digest = hashlib.sha256(f"mmfv-split:{seed}:{image_id}".encode()).digest()
-    u = int.from_bytes(digest[:8], "big") / 2**64
-    acc = 0.0
-    for name, frac in fractions:
-        acc += frac
-        if u < acc:
-            return name
-    return None
-
-
-def split_items(
-    by_relation: Mapping[str, Sequence[P.Item]],
-    seed: int = 0,
-    fractions: Mapping[str, float] | None = None,
-) -> dict[str, dict[str, list[P.Item]]]:
-    """split -> relation -> items, assigning each item by its image id (no image in two splits)."""
-    fr = _fractions(fractions)
-    out: dict[str, dict[str, list[P.Item]]] = {s: {r: [] for r in by_relation} for s, _ in fr}
-    for r, its in by_relation.items():
-        for it in its:
-            s = _split_of(it.image_id, seed, fr)
-            if s is not None:
-                out[s][r].append(it)
-    return out
-
-
-def check_images(paths: Iterable[PathLike], image_dir: PathLike) -> None:
-    """Raise a one-line FileNotFoundError naming the first missing image and how many are missing."""
-    folder = Path(image_dir)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"image folder {folder} not found: point image_dir at the dataset's images")
-    unique = sorted({str(p) for p in paths})
-    missing = [p for p in unique if not os.path.isfile(p)]
-    if missing:
-        raise FileNotFoundError(
-            f"{len(missing)} of {len(unique)} images are missing under {folder}, first: {missing[0]}"
-        )
-
-
-def _stable_key(*parts: str) -> bytes:
-    return hashlib.sha1("\x1f".join(parts).encode()).digest()
-
-
-def _keep_per_image(found: list[tuple[bytes, P.Item]], max_per_image: int | None) -> list[P.Item]:
-    """At most ``max_per_image`` items per image (chosen by a stable hash), sorted."""
-    by_image: dict[str, list[tuple[bytes, P.Item]]] = defaultdict(list)
-    for key, it in found:
-        by_image[it.image_id].append((key, it))
-    kept = []
-    for group in by_image.values():
-        group.sort(key=lambda t: t[0])
-        kept.extend(it for _, it in (group if max_per_image is None else group[:max_per_image]))
-    kept.sort(key=lambda it: (it.image_id, it.query, it.answer))
-    return kept
-
-
-def _finish(found: Mapping[str, list[tuple[bytes, P.Item]]], relations: Sequence[str], max_per_image: int | None,
-            folder: Path, check: bool, empty_hint: str) -> dict[str, list[P.Item]]:
-    """Per relation, the kept items; a relation left with none is an error (``empty_hint`` says what
-    was filtered and what to do); with ``check``, every image must exist under ``folder``."""
-    out = {r: _keep_per_image(found[r], max_per_image) for r in relations}
-    for r, its in out.items():
-        if not its:
-            raise ValueError(f"relation {r!r}: no {empty_hint}")
-    if check:
-        check_images((it.image for its in out.values() for it in its), folder)
+def relation_phrases(relations: str | Sequence[str] | None) -> tuple[str, ...]:
+    """A preset name or a list of names / phrases, as a tuple of phrases (default: cardinal)."""
+    if relations is None:
+        return R.CARDINAL
+    if isinstance(relations, str):
+        if relations not in RELATION_PRESETS:
+            raise ValueError(f"unknown GQA relation preset {relations!r}: choose one of {', '.join(RELATION_PRESETS)} "
+                             "or give a list of predicates")
+        return RELATION_PRESETS[relations]
+    out = tuple(relations)
+    if not out:
+        raise ValueError("relations must name at least one relation")
+    for r in out:
+        R.user(R.scene_name(r) if isinstance(r, str) else r)
     return out
 
 
@@ -188,6 +114,8 @@ class Filters:
         rels = tuple(dict.fromkeys(relation_name(r) for r in self.relations))
         if not rels or any(not r for r in rels):
             raise ValueError(f"relations must be non-empty names, got {list(self.relations)!r}")
+        for r in rels:
+            R.user(r)
         object.__setattr__(self, "relations", rels)
         if self.min_objects < 0:
             raise ValueError(f"min_objects must be >= 0, got {self.min_objects}")
@@ -287,7 +215,8 @@ def load_scene_graphs(paths: PathLike | Sequence[PathLike]) -> dict[str, dict[st
 
 
 # ----------------------------------------------------------------------------- items
-def _image_items(iid: str, sg: Mapping[str, Any], image: str, f: Filters) -> dict[str, list[tuple[bytes, P.Item]]]:
+def _image_items(iid: str, sg: Mapping[str, Any], image: str, f: Filters,
+                 direction: str = "mmfv") -> dict[str, list[tuple[bytes, P.Item]]]:
     """Candidate items of one image, per relation, before the per-image cap."""
     objects: Mapping[str, Mapping[str, Any]] = sg["objects"]
     if len(objects) < f.min_objects or (f.max_objects is not None and len(objects) > f.max_objects):
@@ -306,10 +235,12 @@ def _image_items(iid: str, sg: Mapping[str, Any], image: str, f: Filters) -> dic
             if tgt == src or tgt not in objects:
                 continue
             r = relation_name(rel["name"])
-            if r in wanted:  # src r tgt: src stands in r to tgt -> query tgt, answer src
-                pairs[r][tgt].add(src)
-            if r in inverse:  # the same fact read from tgt's side
-                pairs[inverse[r]][src].add(tgt)
+            # src r tgt: src stands in r to tgt -> mmfv asks query tgt, answer src; fu2025 the reverse
+            q, a = (tgt, src) if direction == "mmfv" else (src, tgt)
+            if r in wanted:
+                pairs[r][q].add(a)
+            if r in inverse:  # the same fact read from the other side (tgt opposite(r) src)
+                pairs[inverse[r]][a].add(q)
 
     def area_ok(oid: str) -> bool:
         o = objects[oid]
@@ -331,7 +262,7 @@ def _image_items(iid: str, sg: Mapping[str, Any], image: str, f: Filters) -> dic
             for aname in sorted(answer_names):
                 if (qname, aname) not in found and any(area_ok(a) for a in answers if names[a] == aname):
                     item = P.Item(iid, qname, aname, r, image, candidates)
-                    found[(qname, aname)] = (_stable_key(iid, r, qname, aname), item)
+                    found[(qname, aname)] = (S.stable_key(iid, r, qname, aname), item)
         if found:
             out[r] = list(found.values())
     return out
@@ -340,66 +271,111 @@ def _image_items(iid: str, sg: Mapping[str, Any], image: str, f: Filters) -> dic
 def build_items(
     scene_graphs: Mapping[str, Mapping[str, Any]],
     image_dir: PathLike,
-    filters: Filters | None = None,
+    filters: Filters | F.FuFilters | None = None,
     check: bool = True,
+    *,
+    relations: str | Sequence[str] | None = None,
+    direction: str = "mmfv",
+    report: dict[str, int] | None = None,
 ) -> dict[str, list[P.Item]]:
     """relation -> items over every image of ``scene_graphs`` (a loaded imageId -> scene graph dict).
 
-    Raises a one-line ValueError when a requested relation has no item after filtering, and (with
+    ``filters``: a :class:`Filters` (mmfv's, default) or :class:`~mmfv.data.gqa_fu.FuFilters`
+    (the paper's); ``relations`` (a preset name or list) replaces ``filters.relations``. Raises a
+    one-line ValueError when a requested relation has no item after filtering, and (with
     ``check``) a FileNotFoundError when images of the items are missing from ``image_dir``.
+    ``report`` (if given) receives counts of what each filter dropped.
     """
-    f = filters or Filters()
+    if direction not in F.DIRECTIONS:
+        raise ValueError(f"unknown direction {direction!r}: choose one of {', '.join(F.DIRECTIONS)}")
     folder = Path(image_dir)
+    if isinstance(filters, F.FuFilters):
+        phrases = relation_phrases(relations)
+        entries = F.fu_filter(scene_graphs, [F.predicate_of(r) for r in phrases], filters, report)
+        return _from_entries(entries, folder, phrases, direction, filters, check, report,
+                             f"GQA items after {filters.describe()} kept {len(entries)} of {len(scene_graphs)} images")
+    f = filters or Filters()
+    if relations is not None:
+        f = replace(f, relations=relation_phrases(relations))
     found: dict[str, list[tuple[bytes, P.Item]]] = {r: [] for r in f.relations}
     for iid, sg in scene_graphs.items():
-        for r, its in _image_items(str(iid), sg, str(folder / f"{iid}.jpg"), f).items():
+        for r, its in _image_items(str(iid), sg, str(folder / f"{iid}.jpg"), f, direction).items():
             found[r].extend(its)
-    return _finish(found, f.relations, f.max_per_image, folder, check,
-                   f"GQA items after filtering {len(scene_graphs)} images ({f.describe()}); loosen the filters or drop the relation")
+    if report is not None:
+        report["images"] = len(scene_graphs)
+    return S.finish(found, f.relations, f.max_per_image, folder, check,
+                    f"GQA items after filtering {len(scene_graphs)} images ({f.describe()}); loosen the filters or drop the relation",
+                    report)
+
+
+def _from_entries(entries: Sequence[Mapping[str, Any]], folder: Path, phrases: Sequence[str], direction: str,
+                  f: F.FuFilters, check: bool, report: dict[str, int] | None, what: str) -> dict[str, list[P.Item]]:
+    found = F.found_items(entries, folder, phrases, direction, f.unique, report)
+    return S.finish(found, list(found), f.max_per_image, folder, check,
+                    f"{what} (predicates {', '.join(F.predicate_of(r) for r in phrases)} matched exactly); "
+                    "check the predicate spelling or drop the relation", report)
 
 
 @lru_cache(maxsize=4)
-def _cached(paths: tuple[str, ...], image_dir: str, filters: Filters, check: bool) -> dict[str, tuple[P.Item, ...]]:
-    built = build_items(load_scene_graphs(paths), image_dir, filters, check)
-    return {r: tuple(its) for r, its in built.items()}
+def _cached(source: str, paths: tuple[str, ...], image_dir: str, filters: Filters | F.FuFilters | None,
+            relations: tuple[str, ...], direction: str, check: bool) -> tuple[dict[str, tuple[P.Item, ...]], dict[str, int]]:
+    report: dict[str, int] = {}
+    if source == "fu_json":
+        f = filters if isinstance(filters, F.FuFilters) else F.FuFilters()
+        entries = F.load(paths)
+        report["images"] = len(entries)
+        built = _from_entries(entries, Path(image_dir), relations, direction, f, check, report,
+                              f"GQA items in {len(entries)} images of the processed file(s)")
+    else:
+        built = build_items(load_scene_graphs(paths), image_dir, filters, check, relations=relations,
+                            direction=direction, report=report)
+    return {r: tuple(its) for r, its in built.items()}, report
 
 
 def items(
     split: str,
-    scene_graphs: PathLike | Sequence[PathLike],
-    image_dir: PathLike,
-    relations: Sequence[str] | None = None,
-    *,
+    relations: str | Sequence[str] | None = None,
     seed: int = 0,
+    *,
+    image_dir: PathLike,
+    scene_graphs: PathLike | Sequence[PathLike] | None = None,
+    fu_json: PathLike | Sequence[PathLike] | None = None,
+    filters: str | Filters | F.FuFilters | None = None,
+    direction: str = "mmfv",
     fractions: Mapping[str, float] | None = None,
-    filters: Filters | None = None,
     check: bool = True,
+    min_items: int = 1,
+    report: dict[str, int] | None = None,
 ) -> dict[str, list[P.Item]]:
-    """relation -> items of ``split`` built from GQA scene-graph file(s), split by image.
+    """relation -> items of ``split`` ("eval", "train", "val", "test"), split by image.
 
-    ``relations`` (if given) replaces ``filters.relations``. The parsed files are cached per
-    (files, image_dir, filters), so asking for each split in turn reads them once.
+    Source: GQA scene-graph file(s) (``scene_graphs=``) or Fu et al.'s processed JSON
+    (``fu_json=``, already filtered: ``filters`` may then only be None or a FuFilters for its
+    ``unique`` / ``max_per_image``). ``relations``: a preset name (:data:`RELATION_PRESETS`) or a
+    list of names / GQA predicates; None = the filters' relations (cardinal). ``filters``: "mmfv"
+    (default) / "fu2025" or a Filters / FuFilters. ``direction``: "mmfv" or "fu2025". A relation
+    with fewer than ``min_items`` items in the split is a one-line error naming it. ``report`` (if
+    given) receives the counts of what each filter dropped. Parsed files are cached per arguments.
     """
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}: choose from {', '.join(SPLITS)}")
-    f = filters or Filters()
-    if relations is not None:
-        f = replace(f, relations=tuple(relations))
-    fr = _fractions(fractions)
-    paths = tuple(str(Path(p).resolve()) for p in _paths(scene_graphs))
-    built = _cached(paths, str(Path(image_dir).resolve()), f, check)
-    return _pick_split(built, split, seed, fr, "GQA", f"{f.describe()}); use more images or loosen the filters")
-
-
-def _pick_split(built: Mapping[str, Sequence[P.Item]], split: str, seed: int, fr: Any, what: str, hint: str) -> dict[str, list[P.Item]]:
-    """One split of ``built`` (leak-free by image); a relation with no items there is a one-line error
-    ending in ``hint`` (what was filtered, then what to do)."""
-    per_split = split_items(built, seed, dict(fr))
-    if split not in per_split:
-        raise ValueError(f"split {split!r} has fraction 0: give it a share in fractions")
-    out = per_split[split]
-    for r, its in out.items():
-        if not its:
-            raise ValueError(f"relation {r!r}: no {what} items in split {split!r} ({len(built[r])} over all splits, "
-                             f"fractions {dict(fr)}, seed {seed}; {hint}")
-    return out
+    S.check_split(split)
+    if (scene_graphs is None) == (fu_json is None):
+        raise ValueError("give exactly one GQA source: scene_graphs= (GQA's *_sceneGraphs.json) or fu_json= (Fu et al.'s processed JSON)")
+    if filters is None or isinstance(filters, str):
+        if filters not in (None, *FILTER_PRESETS):
+            raise ValueError(f"unknown GQA filters {filters!r}: choose one of {', '.join(FILTER_PRESETS)}")
+        filters = F.FuFilters() if filters == "fu2025" else (None if fu_json is not None else Filters())
+    if fu_json is not None and isinstance(filters, Filters):
+        raise ValueError("fu_json files are filtered already and have no image sizes: use filters='fu2025' or none")
+    if isinstance(filters, Filters) and relations is None:
+        phrases = filters.relations
+    else:
+        phrases = relation_phrases(relations)
+    fr = S.fractions_of(fractions)
+    source, given = ("fu_json", fu_json) if fu_json is not None else ("scene_graphs", scene_graphs)
+    paths = tuple(str(Path(p).resolve()) for p in _paths(given))  # type: ignore[arg-type]
+    built, counts = _cached(source, paths, str(Path(image_dir).resolve()), filters, tuple(phrases), direction, check)
+    if report is not None:
+        report.update(counts)
+    describe = filters.describe() if filters is not None else "Fu et al.'s processed file"
+    return S.pick_split(built, split, seed, fr, "GQA", f"{describe}, direction {direction}); use more images or loosen the filters",
+                        min_items)

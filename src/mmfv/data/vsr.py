@@ -22,8 +22,19 @@ because the released ``subj`` has lost its leading letters for some names ("orse
 Relation phrases map through :func:`mmfv.relations.from_phrase` ("left of", "at the left side of"
 -> ``left``; "on top of", "over" -> ``above``; "under", "beneath" -> ``below``); other phrases keep
 their own snake-case name ("in front of" -> ``in_front_of``) and are used only when asked for.
-Splits are by image (a hash of seed and image id, shared with :mod:`mmfv.data.gqa`): the original
-VSR splits are by caption and share images, so they are merged and re-split.
+With ``vertical="separate"`` only "above" / "below" (image-plane position) give ``above`` /
+``below``; "on top of", "over", "under", "beneath", "underneath" (support, contact) keep their own
+names (``on_top_of``, ``under``, ...).
+
+**Reference frame.** Left/right rows carry ``reference_frame`` 0, 1 or 2 (other rows null); the
+VSR repository does not document which code is the intrinsic and which the relative frame, so
+``reference_frames`` filters on the codes themselves (rows whose code is null always pass).
+
+**Chance.** A caption names two objects; ``candidates`` are all objects any row names for the
+image, and with one caption per image the answer is one of two names: chance 0.5.
+
+Splits are by image (a hash of seed and image id, :mod:`mmfv.data.splits`): the original VSR
+splits are by caption and share images, so they are merged and re-split.
 """
 
 from __future__ import annotations
@@ -34,29 +45,27 @@ import re
 from collections import defaultdict
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 from mmfv import prompts as P
 from mmfv import relations as R
-from mmfv.data.gqa import (
-    DEFAULT_FRACTIONS,
-    SPLITS,
-    _finish,
-    _fractions,
-    _pick_split,
-    _stable_key,
-    relation_name,
-)
+from mmfv.data import splits as S
+from mmfv.data.splits import DEFAULT_FRACTIONS, SPLITS
 
 __all__ = [
     "DEFAULT_FRACTIONS",
     "SPLITS",
+    "VERTICAL",
     "build_items",
     "items",
     "load_rows",
     "parse_caption",
+    "relation_name",
     "subject_object",
 ]
+
+VERTICAL: tuple[str, ...] = ("merge", "separate")
+"""``merge``: "on top of" / "under" / ... count as above / below; ``separate``: they keep their names."""
 
 PathLike = str | os.PathLike
 REQUIRED_KEYS: tuple[str, ...] = ("image", "caption", "label", "relation")
@@ -140,9 +149,26 @@ def subject_object(row: Mapping[str, Any]) -> tuple[str, str] | None:
     return None
 
 
-def _describe(relations: Sequence[str], unique: bool, max_per_image: int | None) -> str:
+def relation_name(phrase: str, vertical: str = "merge") -> str:
+    """The mmfv name of a VSR relation phrase ("left of" -> "left"; "under" -> "below", or "under"
+    with ``vertical="separate"``)."""
+    if vertical not in VERTICAL:
+        raise ValueError(f"unknown vertical mapping {vertical!r}: choose one of {', '.join(VERTICAL)}")
+    return R.scene_name(phrase, image_plane_only=vertical == "separate")
+
+
+def _frame_code(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"reference_frame codes are numbers (0, 1, 2) or None, got {value!r}")
+    return float(value)
+
+
+def _describe(relations: Sequence[str], unique: bool, max_per_image: int | None, frames: Any = None, vertical: str = "merge") -> str:
     per = "all" if max_per_image is None else max_per_image
-    return f"relations={','.join(relations)}, label=1 only, unique={unique}, max_per_image={per}"
+    extra = f", reference_frame in {sorted(frames)}" if frames is not None else ""
+    return f"relations={','.join(relations)}, label=1 only, unique={unique}, max_per_image={per}, vertical={vertical}{extra}"
 
 
 def build_items(
@@ -153,78 +179,106 @@ def build_items(
     unique: bool = True,
     max_per_image: int | None = 1,
     check: bool = True,
+    reference_frames: Collection[int | float] | None = None,
+    vertical: str = "merge",
+    report: dict[str, int] | None = None,
 ) -> dict[str, list[P.Item]]:
     """relation -> items from loaded VSR rows (see :func:`load_rows`).
 
     A true row "The S is r the O." gives Item(query=O, answer=S, relation=r). With ``unique`` a
     (image, query, relation) whose true rows name more than one answer is dropped as ambiguous.
-    ``candidates`` are all object names any row mentions for that image. Raises a one-line
-    ValueError when a relation has no item, and (with ``check``) FileNotFoundError for missing
-    images.
+    ``reference_frames`` keeps rows whose ``reference_frame`` code is in it (or null).
+    ``candidates`` are all object names any row mentions for that image. ``report`` (if given)
+    receives how many rows / items each filter dropped. Raises a one-line ValueError when a
+    relation has no item, and (with ``check``) FileNotFoundError for missing images.
     """
-    if isinstance(relations, str):
-        raise ValueError(f"relations must be a list of names, got the string {relations!r}")
-    wanted = tuple(dict.fromkeys(relation_name(r) for r in relations))
+    wanted = tuple(dict.fromkeys(relation_name(r, vertical) for r in S.as_tuple(relations, "relations")))
     if not wanted:
         raise ValueError("relations must name at least one relation")
+    for r in wanted:
+        R.user(r)
     if max_per_image is not None and max_per_image < 1:
         raise ValueError(f"max_per_image must be >= 1 or None, got {max_per_image}")
+    frames = None if reference_frames is None else {_frame_code(v) for v in reference_frames}
     folder = Path(image_dir)
 
+    counts = {"rows": len(rows), "false_label": 0, "unparsed": 0, "other_relation": 0, "reference_frame": 0}
     names: dict[str, set[str]] = defaultdict(set)  # image id -> object names mentioned
     files: dict[str, str] = {}
     answers: dict[tuple[str, str, str], set[str]] = defaultdict(set)  # (image, relation, query) -> answers
     for row in rows:
         so = subject_object(row)
         if so is None:
+            counts["unparsed"] += 1
             continue
         iid = Path(row["image"]).stem
         files[iid] = row["image"]
         names[iid].update(so)
-        r = relation_name(row["relation"])
-        if row["label"] and r in wanted:
+        r = relation_name(row["relation"], vertical)
+        if not row["label"]:
+            counts["false_label"] += 1
+        elif r not in wanted:
+            counts["other_relation"] += 1
+        elif frames is not None and (code := _frame_code(row.get("reference_frame"))) is not None and code not in frames:
+            counts["reference_frame"] += 1
+        else:
             subj, obj = so
             answers[(iid, r, obj)].add(subj)
 
     found: dict[str, list[tuple[bytes, P.Item]]] = {r: [] for r in wanted}
+    counts["ambiguous"] = counts["self_answer"] = 0
     for (iid, r, query), ans in sorted(answers.items()):
+        if query in ans:
+            counts["self_answer"] += 1
         ans = ans - {query}
-        if not ans or (unique and len(ans) != 1):
+        if unique and len(ans) > 1:
+            counts["ambiguous"] += 1
             continue
         for a in sorted(ans):
             item = P.Item(iid, query, a, r, str(folder / files[iid]), tuple(sorted(names[iid])))
-            found[r].append((_stable_key(iid, r, query, a), item))
-    return _finish(found, wanted, max_per_image, folder, check,
-                   f"VSR items after filtering {len(rows)} rows ({_describe(wanted, unique, max_per_image)}); drop the relation or add data")
+            found[r].append((S.stable_key(iid, r, query, a), item))
+    if report is not None:
+        report.update(counts)
+    return S.finish(found, wanted, max_per_image, folder, check,
+                    f"VSR items after filtering {len(rows)} rows ({_describe(wanted, unique, max_per_image, frames, vertical)}); "
+                    "drop the relation or add data", report)
 
 
 @lru_cache(maxsize=4)
-def _cached(
-    paths: tuple[str, ...], image_dir: str, relations: tuple[str, ...], unique: bool, max_per_image: int | None, check: bool
-) -> dict[str, tuple[P.Item, ...]]:
-    built = build_items(load_rows(paths), image_dir, relations, unique=unique, max_per_image=max_per_image, check=check)
-    return {r: tuple(its) for r, its in built.items()}
+def _cached(paths: tuple[str, ...], image_dir: str, relations: tuple[str, ...], unique: bool, max_per_image: int | None,
+            check: bool, frames: frozenset[float] | None, vertical: str) -> tuple[dict[str, tuple[P.Item, ...]], dict[str, int]]:
+    report: dict[str, int] = {}
+    built = build_items(load_rows(paths), image_dir, relations, unique=unique, max_per_image=max_per_image, check=check,
+                        reference_frames=frames, vertical=vertical, report=report)
+    return {r: tuple(its) for r, its in built.items()}, report
 
 
 def items(
     split: str,
+    relations: Sequence[str] = R.CARDINAL,
+    seed: int = 0,
+    *,
     jsonl: PathLike | Sequence[PathLike],
     image_dir: PathLike,
-    relations: Sequence[str] = R.CARDINAL,
-    *,
-    seed: int = 0,
-    fractions: Mapping[str, float] | None = None,
+    reference_frames: Collection[int | float] | None = None,
+    vertical: str = "merge",
     unique: bool = True,
     max_per_image: int | None = 1,
+    fractions: Mapping[str, float] | None = None,
     check: bool = True,
+    min_items: int = 1,
+    report: dict[str, int] | None = None,
 ) -> dict[str, list[P.Item]]:
-    """relation -> items of ``split`` from VSR JSONL file(s), re-split by image (cached per arguments)."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}: choose from {', '.join(SPLITS)}")
-    if isinstance(relations, str):
-        raise ValueError(f"relations must be a list of names, got the string {relations!r}")
-    fr = _fractions(fractions)
+    """relation -> items of ``split`` ("eval", "train", "val", "test") from VSR JSONL file(s),
+    re-split by image (cached per arguments). A relation with fewer than ``min_items`` items in the
+    split is a one-line error naming it; ``report`` (if given) receives what each filter dropped."""
+    S.check_split(split)
+    fr = S.fractions_of(fractions)
     paths = tuple(str(Path(p).resolve()) for p in _paths(jsonl))
-    rels = tuple(dict.fromkeys(relation_name(r) for r in relations))
-    built = _cached(paths, str(Path(image_dir).resolve()), rels, unique, max_per_image, check)
-    return _pick_split(built, split, seed, fr, "VSR", f"{_describe(rels, unique, max_per_image)}); use more data")
+    rels = tuple(dict.fromkeys(relation_name(r, vertical) for r in S.as_tuple(relations, "relations")))
+    frames = None if reference_frames is None else frozenset(_frame_code(v) for v in reference_frames)
+    built, counts = _cached(paths, str(Path(image_dir).resolve()), rels, unique, max_per_image, check, frames, vertical)
+    if report is not None:
+        report.update(counts)
+    return S.pick_split(built, split, seed, fr, "VSR", f"{_describe(rels, unique, max_per_image, frames, vertical)}); use more data",
+                        min_items)
