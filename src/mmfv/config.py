@@ -119,11 +119,24 @@ def _message(section: str, e: ValidationError) -> str:
     return f"config key {section}{loc}: {msg}{shown}"
 
 
+PROTOCOLS: dict[str, dict[str, dict[str, Any]]] = {
+    "mmfv": {},
+    "fu2025": {"cma": {"shots": 4, "only_correct": True, "fv_bias": True}, "data": {"gqa_filters": "fu2025", "direction": "fu2025"}},
+}
+"""Per protocol, the values its preset gives keys the config does not set (docs/protocols.md)."""
+
+
 def from_dict(d: dict[str, Any]) -> Any:
-    """Build a Config from nested dicts; unknown sections/keys and wrong types raise ConfigError."""
+    """Build a Config from nested dicts; unknown sections/keys and wrong types raise ConfigError.
+    Under ``run.protocol = "fu2025"`` keys the dict leaves unset take the paper's values."""
     secs = sections()
     built = {}
+    protocol = d.get("run", {}).get("protocol", "mmfv") if isinstance(d.get("run", {}), dict) else "mmfv"
+    preset = PROTOCOLS.get(protocol, {})
+    d = {**{s: {} for s in preset}, **d}
     for name, body in d.items():
+        if name in preset and isinstance(body, dict):
+            body = {**preset[name], **body}
         if name not in secs:
             raise ConfigError(f"unknown config section [{name}]: known sections are {', '.join(secs)}")
         if not isinstance(body, dict):

@@ -87,6 +87,7 @@ def icl(
     seed: int = 0,
     batch_size: int = 64,
     ex: Execution = LOCAL,
+    protocol: str = "mmfv",
 ) -> dict:
     """ICL accuracy table: ``out[kind][str(k)][relation]`` = {acc, ci95, n}, plus ``mean`` per k.
 
@@ -98,7 +99,7 @@ def icl(
         for k in shots:
             row = {}
             for rel, qs in queries.items():
-                prompts = P.build(kind if k > 0 else "zero-shot", qs, pools, k, n, seed)
+                prompts = P.build(kind if k > 0 else "zero-shot", qs, pools, k, n, seed, protocol)
                 row[rel] = summarize(correct(lmm, prompts, batch_size, ex=ex))
             accs = [row[r]["acc"] for r in queries]
             total_n = sum(row[r]["n"] for r in queries)

@@ -130,13 +130,31 @@ def head_contribution(lmm: LMM, layer: int, head: int, mean: torch.Tensor, head_
     return out * (gate.to(out.device) if isinstance(gate, torch.Tensor) else float(gate))
 
 
-def build(lmm: LMM, means: torch.Tensor, heads: Sequence[tuple[int, int]], relation: str, head_set: str = "self", extra: dict | None = None) -> FunctionVector:
-    """FV = Σ over ``heads`` of each head's W_O slice times its mean activation. means: (L, H, d)."""
+def head_bias(lmm: LMM, layer: int, head_set: str = "self") -> torch.Tensor | None:
+    """``gate · b_O`` (D,) of a layer's output projection, or None when it has no bias."""
+    proj = lmm.o_proj(layer, head_set)
+    if getattr(proj, "bias", None) is None:
+        return None
+    gate = lmm.head_output_gate(layer, head_set)
+    b = proj.bias.detach().float()
+    return b * (gate.to(b.device) if isinstance(gate, torch.Tensor) else float(gate))
+
+
+def build(lmm: LMM, means: torch.Tensor, heads: Sequence[tuple[int, int]], relation: str, head_set: str = "self", extra: dict | None = None,
+          bias: bool = False) -> FunctionVector:
+    """FV = Σ over ``heads`` of each head's W_O slice times its mean activation. means: (L, H, d).
+
+    ``bias``: also add the output projection's bias once per head, as the paper's code does (its
+    OpenFlamingo ``dense`` has one: a top-10 FV then carries the bias 10 times)."""
     L, H, _ = means.shape
     for l, h in heads:
         if not (0 <= l < L and 0 <= h < H):
             raise VectorError(f"head ({l}, {h}) is out of range for a model with {L} layers x {H} heads")
+    if not torch.isfinite(means).all():
+        raise VectorError(f"the mean activations of {relation!r} have NaN or infinite entries: rerun the means stage (check the model's dtype)")
     vec = torch.zeros(lmm.hidden_size)
     for l, h in heads:
         vec += head_contribution(lmm, l, h, means[l, h], head_set)
+        if bias and (b := head_bias(lmm, l, head_set)) is not None:
+            vec += b.cpu()
     return FunctionVector(vec, relation, lmm.model_id, lmm.config_hash(), lmm.n_layers, lmm.hidden_size, tuple((int(l), int(h)) for l, h in heads), len(heads), extra=extra or {})

@@ -4,10 +4,11 @@ verbs, the config sections and the report all come from this list."""
 
 from __future__ import annotations
 
-from mmfv.stages import cma, compose, evaluate, finetune, icl, means, report, vectors
+from mmfv.stages import cma, compose, data, evaluate, finetune, icl, means, report, vectors
 from mmfv.stages.base import Context, ReportSection, Stage, StageSkipped
 
 STAGES: tuple[Stage, ...] = (
+    data.STAGE,
     icl.STAGE,
     means.STAGE,
     cma.STAGE,

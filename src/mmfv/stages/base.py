@@ -62,6 +62,7 @@ class Context:
     out: Path
     ex: Execution = field(default_factory=Execution)
     _lmm: Any = None
+    _relations: list[str] | None = None
 
     @property
     def lmm(self) -> "LMM":
@@ -98,7 +99,15 @@ class Context:
 
     @property
     def relations(self) -> list[str]:
-        return list(self.cfg.data.relations)
+        """The relations vectors are built for (presets and phrases of real data resolved)."""
+        if self._relations is None:
+            self._relations = self.cfg.data.relation_names(self.lmm)
+        return list(self._relations)
+
+    @property
+    def protocol(self) -> str:
+        """How prompts are built: mmfv, or the paper's construction for this dataset (fu2025 / fu2025_gqa)."""
+        return self.cfg.data.prompt_protocol(self.cfg.run.protocol)
 
     @property
     def seed(self) -> int:

@@ -23,6 +23,7 @@ class CMASettings(Section):
     engine: Literal["fast", "reference"] = Field("fast", description="fast: KV-cached last-token batches; reference: the published algorithm")
     metric: Literal["prob", "logprob", "logit_diff"] = Field("prob", description="what an indirect effect changes: P(answer), its log, or answer logit minus the best other")
     top_k: PositiveInt = Field(10, description="heads in a function vector")
+    fv_bias: bool = Field(False, description="add the output projection's bias once per head to the vector (the paper's code does)")
     only_correct: bool = Field(False, description="average only prompts the model answers correctly")
     batch_size: PositiveInt = Field(8, description="corrupted prompts per batch of the fast engine")
     head_set: Literal["self", "cross"] = Field("self", description="self, or cross for cross-attention (Flamingo-style) models")
@@ -46,8 +47,8 @@ def run(ctx: Context) -> dict:
     items = ctx.items("eval")
     results = {}
     for rel in ctx.relations:
-        clean = P.build("clean", items[rel], items, c.shots, c.n_mean, ctx.seed)
-        corrupt = P.build("corrupted", items[rel], items, c.shots, c.n_cma, ctx.seed + 1)
+        clean = P.build("clean", items[rel], items, c.shots, c.n_mean, ctx.seed, ctx.protocol)
+        corrupt = corrupted_prompts(ctx, items, rel)
         means, n_mean = M.load(ctx.input("means"), rel, c.head_set)
         ck = Checkpoint(out / "checkpoints" / f"{rel}.safetensors",
                         cma.cma_fingerprint(lmm, clean, corrupt, c.engine, c.head_set, c.only_correct, c.metric))
@@ -71,6 +72,27 @@ def run(ctx: Context) -> dict:
                "top_k": c.top_k, "shots": c.shots, "relations": results}
     ctx.write("cma", summary)
     return summary
+
+
+def corrupted_prompts(ctx: Context, items: dict, rel: str) -> list:
+    """The prompts whose indirect effects are measured. mmfv: corrupted prompts drawn on their own
+    (seed + 1). fu2025: the shuffled versions of the first n_cma clean prompts, and with
+    only_correct only those whose clean version the model answers correctly (the paper's filter)."""
+    from mmfv import evaluate
+
+    c = ctx.cfg.cma
+    if ctx.protocol == "mmfv":
+        return P.build("corrupted", items[rel], items, c.shots, c.n_cma, ctx.seed + 1)
+    corrupt = P.build("corrupted", items[rel], items, c.shots, c.n_cma, ctx.seed, ctx.protocol)
+    if not c.only_correct:
+        return corrupt
+    clean = P.build("clean", items[rel], items, c.shots, c.n_cma, ctx.seed, ctx.protocol)
+    ok = evaluate.correct(ctx.lmm, clean, ctx.cfg.run.batch_size, ex=ctx.ex).tolist()
+    kept = [p for p, right in zip(corrupt, ok) if right]
+    if not kept:
+        raise ValueError(f"relation {rel}: the model answered none of the {len(clean)} clean CMA prompts correctly, so the paper's filter "
+                         "(cma.only_correct) leaves no corrupted prompt: set cma.only_correct = false or use more prompts")
+    return kept
 
 
 def save(res: Any, lmm: Any, folder: Path) -> None:

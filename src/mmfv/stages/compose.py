@@ -32,6 +32,8 @@ def run(ctx: Context) -> dict:
     from mmfv import evaluate, plots
     from mmfv.stages import vectors as VS
 
+    if ctx.cfg.data.dataset != "synthetic":
+        raise StageSkipped(f"composition needs the diagonal relations, which only synthetic scenes have ({ctx.cfg.data.dataset} has none)")
     if set(ctx.relations) != set(R.CARDINAL):
         raise StageSkipped("needs all four cardinal relations")
     c, lmm, out, bs, seed = ctx.cfg.compose, ctx.lmm, ctx.dir("compose"), ctx.cfg.run.batch_size, ctx.seed
@@ -70,7 +72,8 @@ def run(ctx: Context) -> dict:
                 "composed": acc(zt, base.vector, layer),
                 "composed_answers": C.answer_kinds(rel, zt, predicted, neighbours, lmm.answer_token_id),
                 "composed_grid": acc(zt, C.composed(fvs, rel, a_best, b_best).vector, layer), "grid_choice": [a_best, b_best],
-                "icl_by_shots": {str(k): evaluate.accuracy(lmm, P.build("clean", test[rel], test, k, c.n, seed), batch_size=bs, ex=ctx.ex)["acc"] for k in c.shots},
+                "icl_by_shots": {str(k): evaluate.accuracy(lmm, P.build("clean", test[rel], test, k, c.n, seed, ctx.protocol), batch_size=bs, ex=ctx.ex)["acc"]
+                                 for k in c.shots},
             }
             # tuned vectors may live at other layers: the composed one gets its own val-chosen layer
             tv = C.composed(tuned, rel).vector

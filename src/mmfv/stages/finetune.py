@@ -61,7 +61,7 @@ def run(ctx: Context) -> dict:
                 raise ValueError(f"training size {n} exceeds the {len(pool)} {rel} items of the train split: enlarge data.train_scenes")
         zs_val = P.build("zero-shot", val[rel], val, 0, c.n, seed)
         zs_test = P.build("zero-shot", test[rel], test, 0, c.n, seed)
-        icl_k = {str(k): acc(P.build("clean", test[rel], test, k, c.n, seed)) for k in c.shots}
+        icl_k = {str(k): acc(P.build("clean", test[rel], test, k, c.n, seed, ctx.protocol)) for k in c.shots}
         r: dict = {"layer": layer, "icl_by_shots": icl_k, "icl_best": max(icl_k.values()), "zero_shot": acc(zs_test),
                    "fv": acc(zs_test, fv.vector, layer), "by_size": {}, "curves": {}}
         ck = lambda name: str(out / "checkpoints" / f"{name}.safetensors")  # noqa: E731

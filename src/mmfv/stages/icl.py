@@ -21,7 +21,7 @@ def run(ctx: Context) -> dict:
 
     c = ctx.cfg
     test = ctx.items("test", tuple(ctx.relations))  # corrupted demos come from the asked relations only
-    res = evaluate.icl(ctx.lmm, test, test, c.icl.shots, c.icl.n, seed=ctx.seed, batch_size=c.run.batch_size, ex=ctx.ex)
+    res = evaluate.icl(ctx.lmm, test, test, c.icl.shots, c.icl.n, seed=ctx.seed, batch_size=c.run.batch_size, ex=ctx.ex, protocol=ctx.protocol)
     ctx.ex.info("ICL accuracy (test):\n%s", evaluate.format_icl_table(res, ctx.relations))
     kinds = {f"{kind} (mean)": [res[kind][str(k)]["mean"]["acc"] for k in c.icl.shots] for kind in res}
     plots.curves(kinds, c.icl.shots, "demonstrations (k)", "accuracy (test)", f"ICL by shots ({ctx.lmm.model_id})", ctx.dir("icl") / "icl_curve.png")

@@ -23,7 +23,7 @@ def run(ctx: Context) -> dict:
     items = ctx.items("eval")
     res = {}
     for rel in ctx.relations:
-        clean = P.build("clean", items[rel], items, c.shots, c.n_mean, ctx.seed)
+        clean = P.build("clean", items[rel], items, c.shots, c.n_mean, ctx.seed, ctx.protocol)
         with ctx.ex.scope(rel):
             m, n = cma.mean_activations(lmm, clean, BATCH, c.only_correct, head_set=c.head_set, ex=ctx.ex)
         write_safetensors(ctx.dir("means") / f"{rel}.safetensors", {"means": m},

@@ -17,8 +17,10 @@ def run(ctx: Context) -> dict:
         res = CMA.load(ctx.input("cma"), rel)
         if k > res.aie.numel():
             raise ValueError(f"config key cma.top_k: {k} is larger than the {res.aie.numel()} heads of the CMA results in {ctx.input('cma')}")
-        fv = V.build(lmm, res.means, res.top_heads(k), rel, head_set=res.head_set,
-                     extra={"cma_engine": res.engine, "n_mean": res.n_mean, "n_cma": int(res.ie.shape[0])})
+        extra = {"cma_engine": res.engine, "n_mean": res.n_mean, "n_cma": int(res.ie.shape[0])}
+        if ctx.cfg.cma.fv_bias:
+            extra["bias"] = True
+        fv = V.build(lmm, res.means, res.top_heads(k), rel, head_set=res.head_set, extra=extra, bias=ctx.cfg.cma.fv_bias)
         fv.save(ctx.dir("vectors") / f"{rel}.safetensors")
     out = {"model": lmm.model_id, "k": k, "relations": ctx.relations}
     ctx.write("vectors", out)
