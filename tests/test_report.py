@@ -13,7 +13,7 @@ from mmfv import plots
 from mmfv import relations as R
 from mmfv import vectors as V
 from mmfv.io import write_json
-from mmfv.report import build_report, sections
+from mmfv.stages.report import build_report, sections
 
 RELS = ("above", "below", "left", "right")
 L, H = 2, 4  # random_tiny's sizes
@@ -23,7 +23,7 @@ def _acc(rng: random.Random) -> float:
     return round(rng.uniform(0.05, 0.95), 4)
 
 
-def make_results(root: Path, stages=("icl", "cma", "eval", "finetune", "compose"), model: str = "random-tiny") -> dict:
+def make_results(root: Path, stages=("data", "icl", "cma", "eval", "finetune", "compose"), model: str = "random-tiny") -> dict:
     """A small results folder with results.json files in the real schemas (as written by
     runner/stages) and tiny PNGs drawn by the plots helpers; returns the JSON written, by stage."""
     rng = random.Random(0)
@@ -31,6 +31,12 @@ def make_results(root: Path, stages=("icl", "cma", "eval", "finetune", "compose"
     write_json(root / "run.json", {"config_hash": "cafe0123456789ab", "mmfv_version": "0.1.0", "model": model})
     (root / "config.toml").write_text(f'[model]\nname = "{model}"\n\n[data]\nseed = 0\ntest_scenes = 200\n')
     out: dict = {}
+    if "data" in stages:
+        data = {"dataset": "synthetic", "protocol": "mmfv", "relations": list(RELS), "note": "Synthetic scenes.", "files": [], "image_dir": "",
+                "dropped": {}, "items": {s: {r: 100 + i for i, r in enumerate(RELS)} for s in ("eval", "train", "val", "test")},
+                "chance": {r: round(1 / (4 + i), 4) for i, r in enumerate(RELS)}}
+        write_json(root / "data" / "results.json", data)
+        out["data"] = data
     if "icl" in stages:
         icl = {"model": model, "split": "test", "n": 20, "seed": 0, "relations": list(RELS)}
         for kind in ("clean", "corrupted"):

@@ -81,13 +81,23 @@ def _build() -> type:
     return cls
 
 
-Config = _build()
+_built: dict[str, Any] = {}
 
 
-def rebuild() -> None:
-    """Re-assemble ``Config`` after the stage list changed (``mmfv.stages.register``)."""
-    global Config
-    Config = _build()
+def config_class() -> type:
+    """The ``Config`` class for the current stage list (re-assembled after ``mmfv.stages.register``)."""
+    from mmfv.stages import STAGES
+
+    key = tuple(id(s) for s in STAGES)
+    if _built.get("key") != key:
+        _built.update(key=key, cls=_build())
+    return _built["cls"]
+
+
+def __getattr__(name: str) -> Any:  # ``config.Config``: always the class of the current stage list
+    if name == "Config":
+        return config_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _toml_value(v: Any) -> str:
@@ -145,13 +155,13 @@ def from_dict(d: dict[str, Any]) -> Any:
             built[name] = secs[name].model_validate(body)
         except ValidationError as e:
             raise ConfigError(_message(name, e)) from None
-    return Config(**built)
+    return config_class()(**built)
 
 
 def load(path: str | Path | None) -> Any:
     """The config in ``path`` (TOML) over the built-in defaults; None gives the defaults."""
     if path is None:
-        return Config()
+        return config_class()()
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"config file {p} does not exist")

@@ -60,7 +60,7 @@ def test_a_new_stage_reaches_runner_config_cli_and_report(registered, tiny_model
     assert main(["count", "--model", str(tiny_model_dir), "--out", str(tmp_path / "cli"), "--shots", "3", "--quiet",
                  *[f"--set={s}.{k}={json.dumps(v)}" for s, kv in SMALL.items() for k, v in kv.items() if s in ("data", "cma", "run")]]) == 0
     assert json.loads((tmp_path / "cli" / "count" / "results.json").read_text())["prompts"] == got
-    from mmfv.report import build_report
+    from mmfv.stages.report import build_report
 
     page = build_report(out).read_text()
     assert "Prompt counts" in page and f"<td>{cfg.data.relations[0]}</td>" in page

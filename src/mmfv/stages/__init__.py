@@ -24,7 +24,8 @@ NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
 
 def register(stage: Stage, after: str | None = None) -> None:
     """Add a stage from outside the package (after ``after``, default: before the report); its
-    settings class, if any, becomes a config section. The package's own stages are listed above."""
+    settings class, if any, becomes a config section (``mmfv.config`` reads this list). The
+    package's own stages are listed above."""
     global STAGES, NAMES
     if stage.name in NAMES:
         raise ValueError(f"a stage called {stage.name!r} exists already")
@@ -34,7 +35,6 @@ def register(stage: Stage, after: str | None = None) -> None:
     at = names.index(after) + 1 if after else names.index("report")
     STAGES = (*STAGES[:at], stage, *STAGES[at:])
     NAMES = tuple(s.name for s in STAGES)
-    _rebuild_config()
 
 
 def unregister(name: str) -> None:
@@ -42,13 +42,6 @@ def unregister(name: str) -> None:
     global STAGES, NAMES
     STAGES = tuple(s for s in STAGES if s.name != name)
     NAMES = tuple(s.name for s in STAGES)
-    _rebuild_config()
-
-
-def _rebuild_config() -> None:
-    from mmfv import config
-
-    config.rebuild()
 
 
 def get(name: str) -> Stage:

@@ -1,6 +1,9 @@
-"""Stage ``report``: one self-contained HTML report of the run (every stage's report section, in
-stage order), plus the examples strip: test scenes with the model's answer without and with the
-relation's function vector."""
+"""Stage ``report``: one self-contained HTML report of the run — every stage's report section, in
+stage order, each figure embedded, each table inline — plus the examples strip: test scenes with
+the model's answer without and with the relation's function vector.
+
+Deterministic for the same inputs: no timestamps, PNGs are written without metadata, JSON keys
+that are numbers (shots, sizes, head counts) are ordered numerically."""
 
 from __future__ import annotations
 
@@ -9,7 +12,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from mmfv.io import write_bytes
+from mmfv import __version__
+from mmfv.io import read_json, write_bytes
 from mmfv.report import html as H
 from mmfv.stages.base import Context, ReportSection, Stage
 
@@ -18,7 +22,6 @@ EXAMPLES = 6  # scenes in the examples strip
 
 def run(ctx: Context) -> dict:
     from mmfv import dist
-    from mmfv.report import build_report
 
     if dist.is_main():  # the report reads back the files it writes, which only rank 0 does
         path = build_report(ctx.out, ctx.lmm)
@@ -28,14 +31,13 @@ def run(ctx: Context) -> dict:
 
 def _data_settings(root: Path) -> Any:
     """The run's data settings from its config.toml (defaults where absent or unreadable)."""
-    from mmfv.config import ConfigError
     from mmfv.settings import DataSettings
 
     p = root / "config.toml"
     try:
         data = tomllib.loads(p.read_text()).get("data", {}) if p.exists() else {}
         return DataSettings.model_validate(data)
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError, ValueError, ConfigError):
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, ValueError):
         return DataSettings()
 
 
@@ -127,6 +129,67 @@ def examples(res: H.Results, lmm: Any, n: int, out: Path) -> str:
 
 def section(res: H.Results, out: Path) -> str:
     return examples(res, res.lmm, getattr(res, "examples", EXAMPLES), out)
+
+
+def sections() -> list[ReportSection]:
+    """Every stage's report sections, in stage order."""
+    from mmfv.stages import STAGES
+
+    return [sec for st in STAGES for sec in st.report]
+
+
+def _model_id(res: H.Results, run: dict, lmm: Any) -> str:
+    if run.get("model"):
+        return str(run["model"])
+    for stage in ("icl", "cma", "eval", "finetune", "compose"):
+        j = res.json(stage)
+        if j and j.get("model"):
+            return str(j["model"])
+    return str(lmm.model_id) if lmm is not None else "unknown model"
+
+
+def _header(res: H.Results, run: dict, model: str, secs: list) -> str:
+    from mmfv.stages import STAGES
+
+    root = res.root
+    meta = [["model", model], ["mmfv (report)", __version__]]
+    if run.get("mmfv_version"):
+        meta.append(["mmfv (results)", run["mmfv_version"]])
+    if run.get("config_hash"):
+        meta.append(["config hash", run["config_hash"]])
+    ran = [st.name for st in STAGES if st.name != "report" and res.dir(st.name) is not None]
+    meta.append(["stages present", ", ".join(ran) or "none"])
+    rows = "".join(f"<tr><td>{H.esc(k)}</td><td class='l'>{H.esc(v)}</td></tr>" for k, v in meta)
+    out = f"<h1>mmfv report: {H.esc(model)}</h1><table class='meta'>{rows}</table>"
+    nav = "".join(f'<li><a href="#{s.anchor}">{H.esc(s.title)}</a></li>' for s in secs)
+    out += f"<nav><ol>{nav}</ol></nav>"
+    if (root / "config.toml").exists():
+        out += f"<h3>Configuration (config.toml)</h3><pre class='config'>{H.esc((root / 'config.toml').read_text().rstrip())}</pre>"
+    else:
+        out += H.note("no config.toml in the results folder")
+    return out
+
+
+def build_report(results_dir: str | Path, lmm: Any = None, examples: int = 6) -> Path:
+    """Write ``results_dir/report/report.html`` (self-contained: images as data URIs, inline CSS)
+    and the PNGs it drew into ``results_dir/report/``; return the HTML's path."""
+    root = Path(results_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"results folder {root} does not exist: run `mmfv run` first")
+    out = root / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    res = H.Results(root, lmm)
+    res.examples = examples
+    try:
+        run = read_json(root / "run.json") if (root / "run.json").exists() else {}
+    except ValueError:
+        run = {}
+    model = _model_id(res, run, lmm)
+    secs = sections()
+    body = "".join(f'<section id="{s.anchor}"><h2>{H.esc(s.title)}</h2>{s.render(res, out)}</section>' for s in secs)
+    page = (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">'
+            f"<title>mmfv report: {H.esc(model)}</title><style>{H.CSS}</style></head>\n<body>{_header(res, run, model, secs)}{body}</body></html>\n")
+    return write_bytes(out / "report.html", page.encode())
 
 
 STAGE = Stage("report", "one self-contained HTML report of every stage", run,
