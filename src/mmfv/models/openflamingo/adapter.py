@@ -77,7 +77,7 @@ class OpenFlamingoLMM(LMM):
     # --- loading ------------------------------------------------------------------------------
     @classmethod
     def load(cls, name: str | Path, dtype: torch.dtype | str | None = None, device: str | torch.device | None = None) -> "OpenFlamingoLMM":
-        """``tiny-random`` or an OpenFlamingo folder (module doc)."""
+        """``tiny-random`` (built by mmfv.testing) or an OpenFlamingo folder (layout in :mod:`.folder`)."""
         if str(name) == "tiny-random":
             from mmfv.testing.openflamingo import tiny_random
 
