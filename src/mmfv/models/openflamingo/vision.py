@@ -171,4 +171,3 @@ class ClipImageProcessor:
 
     def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
         return torch.stack([self.one(im) for im in images])
-
