@@ -10,7 +10,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    from tests.models.test_tiny import random_tiny
+    from mmfv.testing import random_tiny
 
     d = tmp_path_factory.mktemp("random-tiny")
     lmm = random_tiny(seed=6)

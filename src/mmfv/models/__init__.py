@@ -26,7 +26,7 @@ def load_model(name: str, dtype: str | None = None, device: str | None = None, d
         return lmm
 
     if name.startswith("openflamingo:"):  # "openflamingo:tiny-random" or "openflamingo:<folder>"
-        from mmfv.models.openflamingo_adapter import OpenFlamingoLMM
+        from mmfv.models.openflamingo import OpenFlamingoLMM
 
         if device_map:
             raise ValueError("OpenFlamingo loads on one device: use device, not device_map")
@@ -35,7 +35,7 @@ def load_model(name: str, dtype: str | None = None, device: str | None = None, d
         return plain(TinyLMM.load("tiny"))
     p = Path(name)
     if p.is_dir() and (p / "openflamingo.json").exists():
-        from mmfv.models.openflamingo_adapter import OpenFlamingoLMM
+        from mmfv.models.openflamingo import OpenFlamingoLMM
 
         if device_map:
             raise ValueError("OpenFlamingo loads on one device: use device, not device_map")

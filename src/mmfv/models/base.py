@@ -3,8 +3,9 @@
 The method code never names an architecture: it sees an :class:`LMM` — how to encode prompts into a
 :class:`Batch` (images encoded once and cached), run it, find each layer's attention output
 projection (whose *input* holds the per-head outputs) and decoder-layer output (the residual
-stream), the sizes L, H, head_dim, D, and how to score answers. Adapters: models/tiny (ours) and
-models/hf.py (any HF vision-language model described by a spec).
+stream), the sizes L, H, head_dim, D, and how to score answers. Adapters: models/tiny (ours),
+models/openflamingo (the paper's model) and models/hf.py (any HF vision-language model described by
+a spec).
 """
 
 from __future__ import annotations

@@ -5,9 +5,8 @@ layers, attention output projections, cross-attention), the prompt template, and
 processor outputs the forward needs; nothing here names an architecture.
 
 Images. Each image (by ``Item.image_id``) is processed once: the family's processor runs on that
-image alone, which gives its pixel inputs and the text its placeholder expands to (recorded from the
-processor's own call to its tokenizer, so the expansion is exactly the processor's). The vision tower
-then runs once per image and its output is cached (LRU). A batch's text is the rendered prompts with
+image alone (models/hf_processor.py), which gives its pixel inputs and the text its placeholder
+expands to. The vision tower then runs once per image and its output is cached (LRU). A batch's text is the rendered prompts with
 each placeholder replaced by its image's expansion, tokenized in one call (as the processor itself
 does), left-padded. Self-attention families receive the cached features through the forward's
 ``mm_encoder_outputs``; cross-attention families through their spec's ``vision`` hooks.
@@ -19,109 +18,19 @@ made once in :meth:`HFLMM.encode` (``position_ids`` in the batch) so both paths 
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import inspect
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from mmfv.models.base import LMM, Batch, FeatureCache, HeadSet, Prefix
-from mmfv.models.specs.spec import Spec
+from mmfv.models.hf_processor import first_half, load_processor, process_one_image
+from mmfv.models.specs.spec import Spec, attr_path, has_path
 from mmfv.prompts import Item, Prompt
-
-
-def attr_path(obj: Any, path: str) -> Any:
-    """``obj.a.b.c`` for ``path`` "a.b.c" (integers index lists)."""
-    for part in path.split("."):
-        obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
-    return obj
-
-
-@contextlib.contextmanager
-def lenient_subprocessors() -> Iterator[None]:
-    """Let a processor be built with a sub-processor set to None (e.g. no video processor).
-
-    Video processors need torchvision; image-only use never touches them, but ProcessorMixin checks
-    every sub-processor's class, and that check fails for None when torchvision is missing.
-    """
-    from transformers.processing_utils import ProcessorMixin
-
-    orig = ProcessorMixin.check_argument_for_proper_class
-
-    def check(self, name, arg):
-        return None if arg is None else orig(self, name, arg)
-
-    ProcessorMixin.check_argument_for_proper_class = check
-    try:
-        yield
-    finally:
-        ProcessorMixin.check_argument_for_proper_class = orig
-
-
-def load_processor(name: str, spec: Spec) -> Any:
-    """AutoProcessor, or (when a sub-processor cannot load, e.g. video without torchvision) the spec's
-    processor class built from its image processor and tokenizer with the rest left None."""
-    import transformers
-    from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
-
-    try:
-        return AutoProcessor.from_pretrained(name)
-    except (ImportError, ValueError, AttributeError, TypeError, OSError) as e:
-        if spec.processor_class is None:
-            raise
-        first = e
-    cls = getattr(transformers, spec.processor_class)
-    params = inspect.signature(cls.__init__).parameters
-    parts = {"image_processor": AutoImageProcessor.from_pretrained(name), "tokenizer": AutoTokenizer.from_pretrained(name)}
-    parts.update({k: None for k in params if k.endswith("_processor") and k not in parts})  # e.g. video_processor
-    extra = {}
-    cfg = _processor_config(name)
-    if cfg is not None:
-        extra = {k: v for k, v in json.loads(Path(cfg).read_text()).items() if k in params and k not in parts}
-    try:
-        with lenient_subprocessors():
-            return cls(**parts, **extra)
-    except Exception as e:  # report both failures: the first names the real cause
-        raise RuntimeError(f"cannot build a {spec.processor_class} for {name}: {_first_line(first)}; then: {_first_line(e)}") from e
-
-
-def _processor_config(name: str) -> str | None:
-    """Path of the model's processor_config.json (local folder or HF cache), or None."""
-    local = Path(name) / "processor_config.json"
-    if local.exists():
-        return str(local)
-    from transformers.utils import cached_file
-
-    try:
-        return cached_file(name, "processor_config.json", _raise_exceptions_for_missing_entries=False)
-    except OSError:
-        return None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
-class _RecordingTokenizer:
-    """Stands in for a processor's tokenizer during one call: records the text and kwargs it gets."""
-
-    def __init__(self, tok: Any) -> None:
-        self._tok = tok
-        self.calls: list[tuple[Any, dict]] = []
-
-    def __call__(self, *args, **kwargs):
-        text = kwargs.get("text", args[0] if args else None)
-        self.calls.append((text, kwargs))
-        return self._tok(*args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._tok, name)
 
 
 @dataclass
@@ -146,19 +55,6 @@ def _merge(values: list[Any]) -> Any:
     raise TypeError(f"cannot merge image features of type {type(v0).__name__}")
 
 
-def _first_half(v: Any) -> Any:
-    """The first of two equal images' worth of a processor output or vision feature."""
-    if isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], type):  # (output class, fields)
-        return (v[0], {k: _first_half(x) for k, x in v[1].items()})
-    if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] % 2 == 0:
-        return v[: v.shape[0] // 2]
-    if isinstance(v, (list, tuple)) and v and isinstance(v[0], torch.Tensor) and len(v) % 2 == 0:
-        return type(v)(v[: len(v) // 2])
-    if isinstance(v, (list, tuple)) and v and isinstance(v[0], (list, tuple)):
-        return type(v)(_first_half(x) for x in v)
-    return v
-
-
 class _Stop(Exception):
     pass
 
@@ -175,18 +71,18 @@ class HFLMM(LMM):
         self.spec = spec
         self.template = spec.template
         self.model_id = model_id
-        self._images = FeatureCache(cache_images)  # (image_id, one of several?) -> _Image
+        self._feat_cache = FeatureCache(cache_images)  # (image_id, one of several?) -> _Image
         self._text_kwargs: dict[str, Any] = {}
         self._answer_ids: dict[str, int] = {}
         self._layers = list(attr_path(model, spec.layers))
-        self._self = [attr_path(l, spec.self_attn) for l in self._layers if _has(l, spec.self_attn)]
+        self._self = [attr_path(l, spec.self_attn) for l in self._layers if has_path(l, spec.self_attn)]
         self._cross, self._cross_blocks = [], []
         if spec.cross_layers:
             self._cross_blocks = [c for c in attr_path(model, spec.cross_layers) if hasattr(c, spec.cross_attn)]
             self._cross = [getattr(c, spec.cross_attn) for c in self._cross_blocks]
             if not self._cross:
                 raise ValueError(f"spec {spec.family}: no module under {spec.cross_layers} has {spec.cross_attn!r}")
-            if spec.cross_gate and not all(_has(c, spec.cross_gate) for c in self._cross_blocks):
+            if spec.cross_gate and not all(has_path(c, spec.cross_gate) for c in self._cross_blocks):
                 raise ValueError(f"spec {spec.family}: a cross-attention block under {spec.cross_layers} has no {spec.cross_gate!r}")
         if not self._self:
             raise ValueError(f"spec {spec.family}: no decoder layer under {spec.layers} has {spec.self_attn!r}")
@@ -302,42 +198,20 @@ class HFLMM(LMM):
     def _image(self, item: Item, several: bool = False) -> _Image:
         """The record of ``item``'s image; ``several``: its prompt holds more than one image (matters
         only to specs with ``multi_image``, whose processor then treats it as one of a pair)."""
-        spec, proc = self.spec, self.processor
+        spec = self.spec
         pair = spec.multi_image and several
         key = (item.image_id, pair)
-        rec = self._images.get(key)
+        rec = self._feat_cache.get(key)
         if rec is not None:
             return rec
-        imgs = [item.load_image()] * (2 if pair else 1)
-        if spec.expand:
-            recorder = _RecordingTokenizer(self.tok)
-            proc.tokenizer = recorder
-            try:
-                out = proc(text=[self.template.image_token * len(imgs)], images=[imgs], return_tensors="pt")
-            finally:
-                proc.tokenizer = self.tok
-            batched = [c for c in recorder.calls if isinstance(c[0], (list, tuple)) and len(c[0]) == 1]
-            text, kwargs = (batched or recorder.calls)[-1]  # the call that tokenized our one-sample batch
-            text = text[0] if isinstance(text, (list, tuple)) else text
-            if pair:
-                if text[: len(text) // 2] * 2 != text:
-                    raise RuntimeError(f"{spec.family}: the processor expanded two copies of one image differently")
-                text = text[: len(text) // 2]
-            self._text_kwargs = {k: v for k, v in kwargs.items() if k not in ("text", "return_tensors", "padding", "padding_side")}
-        else:
-            out = proc.image_processor(imgs, return_tensors="pt")
-            text = self.template.image_token
-            self._text_kwargs = dict(spec.text_kwargs)
-        out = {"pixel_values": out} if isinstance(out, torch.Tensor) else dict(out)  # some image processors return the tensor
-        for k in ("input_ids", "attention_mask", spec.token_types, *spec.token_keys):
-            out.pop(k, None)
+        text, out, self._text_kwargs = process_one_image(self.processor, self.tok, spec, item.load_image(), pair)
         feats = self._features(out)
         meta = {k: v for k, v in out.items() if not k.startswith("pixel_")}
         if pair:
-            feats = _first_half(feats)
-            meta = {k: _first_half(v) for k, v in meta.items()}
+            feats = first_half(feats)
+            meta = {k: first_half(v) for k, v in meta.items()}
         rec = _Image(text, meta, feats)
-        self._images.put(key, rec)
+        self._feat_cache.put(key, rec)
         return rec
 
     def _to_model(self, d: dict[str, Any]) -> dict[str, Any]:
@@ -496,14 +370,6 @@ class HFLMM(LMM):
         pos = inp["position_ids"]
         inp["position_ids"] = torch.cat([pos, pos[..., -1:] + torch.arange(1, n + 1, device=pos.device)], -1)
         return self.module(**inp, use_cache=False).logits
-
-
-def _has(obj: Any, path: str) -> bool:
-    try:
-        attr_path(obj, path)
-        return True
-    except (AttributeError, IndexError):
-        return False
 
 
 def _repeat_rows(v: Any, repeats: int, B: int, key: str) -> Any:

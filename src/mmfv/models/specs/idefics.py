@@ -28,22 +28,6 @@ def assemble(model, feats, input_ids, metas, tok):
     return {key: emb.flatten(0, 1), "image_attention_mask": mask}
 
 
-def tiny():
-    from transformers import IdeficsConfig, IdeficsForVisionText2Text, IdeficsProcessor
-    from transformers.models.idefics.image_processing_pil_idefics import IdeficsImageProcessorPil
-
-    from mmfv.models.specs import offline as O
-
-    tok = O.tokenizer(["<unk>", "<s>", "</s>", "<image>", "<fake_token_around_image>", "<end_of_utterance>"], unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<unk>")
-    proc = IdeficsProcessor(IdeficsImageProcessorPil(image_size=32), tokenizer=tok, image_size=32)
-    vision = dict(embed_dim=32, image_size=32, patch_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
-    perceiver = dict(use_resampler=True, resampler_n_latents=4, resampler_depth=1, resampler_n_heads=2, resampler_head_dim=16)
-    text = {k: v for k, v in O.TEXT.items() if k not in ("num_key_value_heads", "head_dim")}  # multi-head attention only
-    # gates open ("ones"): the default "zeros" makes an untrained model ignore its images
-    cfg = IdeficsConfig(**text, vocab_size=len(tok), **O.special_ids(tok), cross_layer_interval=1, alpha_initializer="ones", use_resampler=True, vision_config=vision, perceiver_config=perceiver)
-    return IdeficsForVisionText2Text(cfg), proc
-
-
 SPEC = Spec(
     family="idefics",
     model_types=("idefics",),
@@ -57,5 +41,19 @@ SPEC = Spec(
     token_keys=("image_attention_mask",),
     last_keys=("perceiver_embeddings", "image_encoder_embeddings"),
     vision=CrossVision(encode, assemble),
-    tiny=tiny,
+    tiny=dict(
+        tokens=["<unk>", "<s>", "</s>", "<image>", "<fake_token_around_image>", "<end_of_utterance>"],
+        tokenizer=dict(unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<unk>"),
+        image_processor=("IdeficsImageProcessorPil", dict(image_size=32)),
+        processor=("IdeficsProcessor", dict(image_size=32)),
+        text=dict(num_key_value_heads=None, head_dim=None),  # multi-head attention only
+        flat_text=True,
+        config=dict(
+            cross_layer_interval=1,
+            alpha_initializer="ones",  # gates open: the default "zeros" makes an untrained model ignore its images
+            use_resampler=True,
+            vision_config=dict(embed_dim=32, image_size=32, patch_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
+            perceiver_config=dict(use_resampler=True, resampler_n_latents=4, resampler_depth=1, resampler_n_heads=2, resampler_head_dim=16),
+        ),
+    ),
 )

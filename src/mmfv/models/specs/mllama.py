@@ -44,27 +44,6 @@ def assemble(model, feats, input_ids, metas, tok):
     return {"cross_attention_states": states.view(-1, patches, d), "cross_attention_mask": torch.from_numpy(mask).to(input_ids.device)}
 
 
-def tiny():
-    from transformers import MllamaConfig, MllamaForConditionalGeneration, MllamaProcessor
-    from transformers.models.mllama.image_processing_pil_mllama import MllamaImageProcessorPil
-
-    from mmfv.models.specs import offline as O
-
-    specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|finetune_right_pad_id|>", "<|image|>", "<|python_tag|>"]
-    tok = O.tokenizer(specials, bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>", pad_token="<|finetune_right_pad_id|>")
-    proc = MllamaProcessor(MllamaImageProcessorPil(size={"height": 32, "width": 32}, max_image_tiles=2), tokenizer=tok)
-    text = dict(O.TEXT_NO_HEAD_DIM, vocab_size=len(tok), **O.special_ids(tok), cross_attention_layers=[1])
-    vision = dict(hidden_size=32, num_hidden_layers=1, num_global_layers=1, attention_heads=2, intermediate_size=64, vision_output_dim=64,
-                  intermediate_layers_indices=[0], image_size=32, patch_size=8, max_num_tiles=2, supported_aspect_ratios=[[1, 1], [1, 2], [2, 1]])
-    cfg = MllamaConfig(text_config=text, vision_config=vision, image_token_index=O.ids(tok, "<|image|>")[0])
-    model = MllamaForConditionalGeneration(cfg)
-    for layer in model.model.language_model.layers:  # open the gates: zero-initialised, an untrained model ignores images
-        for gate in ("cross_attn_attn_gate", "cross_attn_mlp_gate"):
-            if hasattr(layer, gate):
-                getattr(layer, gate).data.fill_(1.0)
-    return model, proc
-
-
 SPEC = Spec(
     family="mllama",
     model_types=("mllama",),
@@ -79,5 +58,15 @@ SPEC = Spec(
     text_kwargs={"add_special_tokens": False},  # the template writes <|begin_of_text|> itself
     token_keys=("cross_attention_mask",),
     vision=CrossVision(encode, assemble),
-    tiny=tiny,
+    tiny=dict(
+        tokens=["<|begin_of_text|>", "<|end_of_text|>", "<|finetune_right_pad_id|>", "<|image|>", "<|python_tag|>"],
+        tokenizer=dict(bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>", pad_token="<|finetune_right_pad_id|>"),
+        image_processor=("MllamaImageProcessorPil", dict(size={"height": 32, "width": 32}, max_image_tiles=2)),
+        processor=("MllamaProcessor", {}),
+        text=dict(head_dim=None, cross_attention_layers=[1]),
+        config=dict(vision_config=dict(hidden_size=32, num_hidden_layers=1, num_global_layers=1, attention_heads=2, intermediate_size=64, vision_output_dim=64,
+                                       intermediate_layers_indices=[0], image_size=32, patch_size=8, max_num_tiles=2, supported_aspect_ratios=[[1, 1], [1, 2], [2, 1]])),
+        token_ids=dict(image_token_index="<|image|>"),
+        fill=dict(cross_attn_attn_gate=1.0, cross_attn_mlp_gate=1.0),  # zero-initialised gates: an untrained model would ignore images
+    ),
 )

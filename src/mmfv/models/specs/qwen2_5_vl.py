@@ -1,7 +1,5 @@
 """Qwen2.5-VL: as Qwen2-VL (without mm_token_type_ids it silently uses wrong positions)."""
 
-from functools import partial
-
 from mmfv.models.specs import qwen2_vl
 from mmfv.models.specs.spec import Spec
 
@@ -17,5 +15,5 @@ SPEC = Spec(
     token_types="mm_token_type_ids",
     image_keys=("image_grid_thw",),
     positions="model",
-    tiny=partial(qwen2_vl.tiny, "Qwen2_5_VLConfig", "Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor", vision=VISION),
+    tiny=dict(qwen2_vl.TINY, processor=("Qwen2_5_VLProcessor", {}), config=dict(vision_config=VISION)),
 )

@@ -1,8 +1,6 @@
 """Qwen3-VL: Qwen2-VL's inputs plus DeepStack (vision features injected into early decoder layers)."""
 
-from functools import partial
-
-from mmfv.models.specs import offline, qwen2_vl
+from mmfv.models.specs import qwen2_vl
 from mmfv.models.specs.spec import Spec
 
 VISION = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=16, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64, deepstack_visual_indexes=[0])
@@ -18,5 +16,11 @@ SPEC = Spec(
     image_keys=("image_grid_thw",),  # M-RoPE needs each image's grid
     positions="model",  # 3-axis M-RoPE: take the model's own positions
     feature_fields=("pooler_output", "deepstack_features"),  # what get_image_features gives the forward
-    tiny=partial(qwen2_vl.tiny, "Qwen3VLConfig", "Qwen3VLForConditionalGeneration", "Qwen3VLProcessor", patch=16, vision=VISION, text=offline.TEXT),
+    tiny=dict(  # Qwen2-VL's tiny model with Qwen3-VL's processor and vision tower, patch 16, head_dim 16
+        qwen2_vl.TINY,
+        image_processor=qwen2_vl.tiny_image_processor(16),
+        processor=("Qwen3VLProcessor", {}),
+        text=dict(rope_parameters=qwen2_vl.ROPE),
+        config=dict(vision_config=VISION),
+    ),
 )

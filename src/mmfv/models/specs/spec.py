@@ -2,16 +2,30 @@
 
 A spec is data: where the decoder layers and attention output projections live, the prompt template,
 which per-token / per-image processor outputs the model's forward needs, and how positions are made.
-Two optional callables cover what no declaration can: cross-attention (Flamingo-style) families encode
-images and build their batch-wide image inputs themselves (``vision``), and every family says how to
-build an offline tiny model + processor for the tests (``tiny``). The adapter (models/hf.py) is the
-only reader; it never names an architecture.
+One optional pair of callables covers what no declaration can: cross-attention (Flamingo-style)
+families encode images and build their batch-wide image inputs themselves (``vision``). The adapter
+(models/hf.py) is the only reader; it never names an architecture.
+
+``tiny`` describes a small random model of the family for the tests, as plain data that
+:mod:`mmfv.testing.hf` turns into a model and processor (offline, nothing downloaded):
+
+- ``tokens``: special tokens, in id order from 0; ``named_tokens``: model-specific named ones (e.g.
+  ``{"image_token": "<image_soft_token>"}``); ``tokenizer``: its kwargs (``bos_token``, ...).
+- ``image_processor``, ``processor``: ``(transformers class name, kwargs)``; sub-processors the
+  processor takes but the spec does not give (a video processor) are left None.
+- ``text``: changes to the standard small text config (2 layers, hidden 64, 4 heads of 16, 2 KV
+  heads, intermediate 128; a value None drops the key); vocabulary size and bos/eos/pad ids come
+  from the tokenizer. ``flat_text``: the text fields sit at the config's top level (no
+  ``text_config``).
+- ``config``: other config kwargs (``vision_config``, ...); ``token_ids``: config fields that take a
+  token's id, as ``{field: token}``; ``fill``: parameters (by last name) set to a value after init,
+  e.g. cross-attention gates an untrained model would otherwise keep shut.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -59,9 +73,25 @@ class Spec:
     feature_fields: tuple[str, ...] = ("pooler_output",)  # fields of get_image_features' output the forward reads
     vision: CrossVision | None = None  # cross-attention families: own image encoding and batch inputs
     processor_class: str | None = None  # processor class, for building one when AutoProcessor cannot
-    tiny: Callable[[], tuple[Any, Any]] | None = None  # offline tiny (model, processor) for tests
+    tiny: Mapping[str, Any] | None = None  # a small random test model as data (module doc; mmfv.testing.hf builds it)
     notes: Sequence[str] = ()  # known limitations, shown in docs
 
     def __post_init__(self) -> None:
         if self.positions not in ("mask", "model"):
             raise ValueError(f"spec {self.family}: positions must be 'mask' or 'model', got {self.positions!r}")
+
+
+def attr_path(obj: Any, path: str) -> Any:
+    """``obj.a.b.c`` for a spec path "a.b.c" (integers index lists)."""
+    for part in path.split("."):
+        obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
+    return obj
+
+
+def has_path(obj: Any, path: str) -> bool:
+    """Whether :func:`attr_path` finds ``path`` under ``obj``."""
+    try:
+        attr_path(obj, path)
+        return True
+    except (AttributeError, IndexError):
+        return False

@@ -1,16 +1,12 @@
-"""Offline building blocks for the specs' tiny test models: a locally trained tokenizer, tiny config
-values, and processors built without a hub. Nothing here downloads anything.
-
-Sizes follow shared/DESIGN.md §4: 2 text layers, hidden 64, 4 heads of head_dim 16, 2 KV heads; a
-one- or two-layer vision tower. Weights are random (seeded by the caller).
-"""
+"""Offline building blocks for the HF families' test models: a locally trained tokenizer, the standard
+small text config, and processors built without a hub. Nothing here downloads anything."""
 
 from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
+# The standard small text config: 2 layers, hidden 64, 4 heads of head_dim 16, 2 KV heads.
 TEXT = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16, intermediate_size=128)
-TEXT_NO_HEAD_DIM = {k: v for k, v in TEXT.items() if k != "head_dim"}
 
 
 def _corpus() -> list[str]:
@@ -50,17 +46,13 @@ def tokenizer(specials: Iterable[str], named: Mapping[str, str] | None = None, s
 
 def processor(cls: type, **parts: Any):
     """``cls(**parts)`` allowing sub-processors left None (no video processor without torchvision)."""
-    from mmfv.models.hf import lenient_subprocessors
+    from mmfv.models.hf_processor import lenient_subprocessors
 
     with lenient_subprocessors():
         return cls(**parts)
 
 
-def ids(tok: Any, *tokens: str) -> list[int]:
-    return [tok.convert_tokens_to_ids(t) for t in tokens]
-
-
-def special_ids(tok: Any) -> dict[str, int]:
+def special_ids(tok: Any) -> dict[str, int | None]:
     """bos/eos/pad ids for a text config (so the config never points outside the tiny vocabulary)."""
     out = {}
     for name in ("bos", "eos", "pad"):
