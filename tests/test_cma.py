@@ -9,7 +9,8 @@ import torch
 
 from mmfv import cma
 from mmfv import prompts as P
-from tests.models.test_tiny import RELS, SCENE, random_tiny
+from mmfv.relations import CARDINAL as RELS
+from mmfv.testing.tiny import SCENE, random_tiny
 from mmfv.data import synthetic
 
 

@@ -8,7 +8,7 @@ import torch
 from mmfv import compose as C
 from mmfv import relations as R
 from mmfv import vectors as V
-from tests.models.test_tiny import random_tiny
+from mmfv.testing import random_tiny
 
 
 @pytest.fixture(scope="module")

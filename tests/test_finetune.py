@@ -9,7 +9,8 @@ from mmfv import evaluate
 from mmfv import finetune as FT
 from mmfv import prompts as P
 from mmfv.data import synthetic
-from tests.models.test_tiny import RELS, SCENE, random_tiny
+from mmfv.relations import CARDINAL as RELS
+from mmfv.testing.tiny import SCENE, random_tiny
 
 
 @pytest.fixture(scope="module")

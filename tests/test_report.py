@@ -183,7 +183,7 @@ def test_missing_and_skipped_stages(tmp_path):
 
 @pytest.fixture(scope="module")
 def lmm():
-    from tests.models.test_tiny import random_tiny
+    from mmfv.testing import random_tiny
 
     return random_tiny()
 
@@ -217,7 +217,7 @@ def test_example_strip_with_model(tmp_path, lmm):
 
 
 def test_vectors_of_another_model_are_refused(tmp_path, lmm):
-    from tests.models.test_tiny import random_tiny
+    from mmfv.testing import random_tiny
 
     root = tmp_path / "run"
     make_results(root, stages=("eval",))

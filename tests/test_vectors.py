@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mmfv import vectors as V
-from tests.models.test_tiny import random_tiny
+from mmfv.testing import random_tiny
 
 
 @pytest.fixture(scope="module")

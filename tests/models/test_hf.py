@@ -203,18 +203,22 @@ def test_load_options_dtype_and_one_line_errors(tmp_path, data):
 def test_cross_head_cma_and_vector_through_the_stages(tmp_path):
     """``[cma] head_set = "cross"`` end to end on a cross-attention family: means, CMA, FV extraction
     with the gate folded in (the FV is the sum of gated head contributions)."""
-    from mmfv.stages import DataSettings, cma_stage, extract_stage, load_cma, means_stage
+    from mmfv import config as C
+    from mmfv.stages import cma, means, vectors
+    from mmfv.stages.base import Context
 
     lmm = build("idefics")
     lmm.scene_config = lambda: SCENE
-    ds = DataSettings(scenes={"eval": 60})
-    means_stage(lmm, ds, ["left"], tmp_path / "means", n_mean=4, shots=1, head_set="cross")
+    small = {"data": {"eval_scenes": 60, "relations": ["left"]}, "cma": {"n_mean": 4, "n_cma": 2, "shots": 1, "top_k": 3}}
+    cross = C.from_dict({**small, "cma": {**small["cma"], "head_set": "cross"}})
+    means.run(Context(cross, tmp_path, _lmm=lmm))
     with pytest.raises(ValueError, match="holds means of the 'cross' heads"):
-        cma_stage(lmm, ds, ["left"], tmp_path / "cma_bad", n_mean=4, n_cma=2, shots=1, top_k=3, means_dir=tmp_path / "means")
-    res = cma_stage(lmm, ds, ["left"], tmp_path / "cma", n_mean=4, n_cma=2, shots=1, top_k=3, means_dir=tmp_path / "means", head_set="cross")
+        cma.run(Context(C.from_dict(small), tmp_path, _lmm=lmm))
+    res = cma.run(Context(cross, tmp_path, _lmm=lmm))
     assert res["head_set"] == "cross" and len(res["relations"]["left"]["aie"]) == lmm.head_sets["cross"].n_layers
-    fv = V.FunctionVector.load(extract_stage(lmm, tmp_path / "cma", ["left"], 3, tmp_path / "vectors")["left"])
-    c = load_cma(tmp_path / "cma", "left")
+    vectors.run(Context(cross, tmp_path, _lmm=lmm))
+    fv = V.FunctionVector.load(tmp_path / "vectors" / "left.safetensors")
+    c = cma.load(tmp_path / "cma", "left")
     want = sum(V.head_contribution(lmm, l, h, c.means[l, h], "cross") for l, h in fv.heads)
     assert c.head_set == "cross" and torch.allclose(fv.vector, want)
 
