@@ -53,6 +53,21 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     return write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
 
 
+def write_csv(path: str | os.PathLike, rows: list[dict[str, Any]]) -> Path:
+    """Rows as CSV (columns in first-seen order; missing cells empty), atomically."""
+    import csv
+    import io
+
+    cols: dict[str, None] = {}
+    for r in rows:
+        cols.update(dict.fromkeys(r))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(cols), lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return write_bytes(path, buf.getvalue().encode())
+
+
 def read_json(path: str | os.PathLike) -> Any:
     """The JSON in ``path``; a damaged file raises one line naming it and what to do."""
     try:

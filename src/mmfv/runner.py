@@ -28,7 +28,7 @@ from typing import Any, Iterator
 from mmfv import __version__, dist
 from mmfv import config as C
 from mmfv.execution import Execution
-from mmfv.io import read_json, write_bytes, write_json
+from mmfv.io import read_json, write_bytes, write_csv, write_json
 
 log = logging.getLogger("mmfv.run")
 
@@ -202,6 +202,8 @@ def run(cfg: Any, out: str | Path | None = None, only: str | None = None, start:
                     except StageSkipped as e:
                         log.info("[%s] skipped: %s", name, e)
                         ctx.write(name, {"skipped": str(e)})
+                if st.table is not None and dist.is_main() and (ctx.dir(name) / "results.json").exists():
+                    write_csv(ctx.dir(name) / "results.csv", st.table(read_json(ctx.dir(name) / "results.json")))
                 dist.barrier()
                 timings[name] = round(time.perf_counter() - t0, 2)
                 write_bytes(out / name / ".done", (hashes[name] + "\n").encode())  # rank 0 only

@@ -43,13 +43,26 @@ class FunctionVector:
     k: int = 0
     mmfv_version: str = __version__
     extra: dict = field(default_factory=dict)
+    layer: int | None = None  # the injection layer it was chosen for (used when none is given)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.vector, torch.Tensor) or self.vector.shape != (self.hidden_size,):
+            raise VectorError(f"a function vector is a tensor of shape ({self.hidden_size},), got {getattr(self.vector, 'shape', type(self.vector).__name__)}")
+        if not torch.isfinite(self.vector).all():
+            raise VectorError(f"vector for {self.relation!r} has NaN or infinite entries")
+        if self.layer is not None and not 0 <= self.layer < self.n_layers:
+            raise VectorError(f"layer {self.layer} is out of range for a model with {self.n_layers} layers")
+
+    def at(self, layer: int) -> "FunctionVector":
+        """The same vector, recording ``layer`` as the one to inject it at."""
+        return replace(self, layer=int(layer))
 
     @property
     def provenance(self) -> dict[str, Any]:
         return {
             "relation": self.relation, "model_id": self.model_id, "config_hash": self.config_hash,
             "n_layers": self.n_layers, "hidden_size": self.hidden_size, "heads": [list(h) for h in self.heads],
-            "k": self.k, "mmfv_version": self.mmfv_version, "extra": self.extra,
+            "k": self.k, "mmfv_version": self.mmfv_version, "extra": self.extra, **({"layer": self.layer} if self.layer is not None else {}),
         }
 
     def check_model(self, lmm: LMM) -> None:
@@ -68,7 +81,7 @@ class FunctionVector:
         vec = self.vector + other.vector if op == "+" else self.vector - other.vector
         heads = tuple(sorted(set(self.heads) | set(other.heads)))
         extra = {"op": op, "operands": [self.provenance, other.provenance]}
-        return replace(self, vector=vec, relation=f"({self.relation} {op} {other.relation})", heads=heads, k=len(heads), extra=extra)
+        return replace(self, vector=vec, relation=f"({self.relation} {op} {other.relation})", heads=heads, k=len(heads), extra=extra, layer=None)
 
     def __add__(self, other: "FunctionVector") -> "FunctionVector":
         return self._combine(other, "+")
@@ -107,12 +120,15 @@ class FunctionVector:
             vec = t["vector"]
         except (SafetensorError, KeyError, json.JSONDecodeError, OSError, ValueError) as e:
             raise VectorError(f"{path} is not a readable mmfv function vector ({type(e).__name__}): re-extract it") from None
-        fv = FunctionVector(
-            vec, meta["relation"], meta["model_id"], meta["config_hash"], meta["n_layers"], meta["hidden_size"],
-            tuple(tuple(h) for h in meta["heads"]), meta["k"], meta["mmfv_version"], meta.get("extra", {}),
-        )
-        if vec.shape != (fv.hidden_size,):
-            raise VectorError(f"{path}: vector has shape {tuple(vec.shape)} but its metadata says hidden size {fv.hidden_size}")
+        try:
+            fv = FunctionVector(
+                vec, meta["relation"], meta["model_id"], meta["config_hash"], meta["n_layers"], meta["hidden_size"],
+                tuple(tuple(h) for h in meta["heads"]), meta["k"], meta["mmfv_version"], meta.get("extra", {}), meta.get("layer"),
+            )
+        except (KeyError, TypeError, AttributeError) as e:
+            raise VectorError(f"{path} has damaged mmfv metadata ({type(e).__name__}: {e}): re-extract it") from None
+        except VectorError as e:
+            raise VectorError(f"{path}: {e}: re-extract it") from None
         if lmm is not None:
             fv.check_model(lmm)
         return fv

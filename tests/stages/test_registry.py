@@ -50,7 +50,7 @@ def test_a_new_stage_reaches_runner_config_cli_and_report(registered, tiny_model
     from mmfv.cli import main
     from tests.test_runner import SMALL
 
-    assert runner.STAGES[:3] == ("icl", "means", "count")
+    assert runner.STAGES[:4] == ("data", "icl", "means", "count")
     cfg = C.from_dict({**SMALL, "model": {"name": str(tiny_model_dir)}, "count": {"shots": 3}})
     assert cfg.count.shots == 3 and "[count]" in cfg.to_toml()
     out = tmp_path / "run"

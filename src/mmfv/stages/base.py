@@ -44,6 +44,7 @@ class Stage:
     settings: type | None = None  # the settings class of that section (defined in the owner's file)
     reads: tuple[str, ...] = ()  # other config sections it reads
     report: tuple[ReportSection, ...] = ()
+    table: Callable[[dict], list[dict]] | None = None  # results.json -> tidy rows (results.csv, Run.to_frame)
     aliases: tuple[str, ...] = ()
     uses_model: bool = True
 

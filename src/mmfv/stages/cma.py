@@ -145,5 +145,14 @@ def section(res: H.Results, out: Path) -> str:
     return html + f'<div class="tables">{left}{right}</div>'
 
 
+def table(res: dict) -> list[dict]:
+    """One row per (relation, layer, head): its AIE, and its rank when among the top heads."""
+    rows = []
+    for r, v in res.get("relations", {}).items():
+        rank = {(l, h): i + 1 for i, (l, h, _) in enumerate(v["top_heads"])}
+        rows += [{"relation": r, "layer": l, "head": h, "aie": a, "top_rank": rank.get((l, h))} for l, row in enumerate(v["aie"]) for h, a in enumerate(row)]
+    return rows
+
+
 STAGE = Stage("cma", "causal mediation analysis: the indirect effect of every attention head", run, needs=("means",), section="cma",
-              settings=CMASettings, report=(ReportSection("cma", "Causal mediation: the heads that carry each relation", section),))
+              settings=CMASettings, report=(ReportSection("cma", "Causal mediation: the heads that carry each relation", section),), table=table)

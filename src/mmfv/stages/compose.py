@@ -172,6 +172,17 @@ def section(res: H.Results, out: Path) -> str:
     return html
 
 
+def table(res: dict) -> list[dict]:
+    """One row per diagonal relation (every accuracy), then one per analogy."""
+    if "skipped" in res:
+        return []
+    keys = ("layer", "chance", "zero_shot", "single_best", "composed", "composed_grid", "composed_tuned", "layer_tuned")
+    rows = [{"kind": "composition", "item": r, **{k: v.get(k) for k in keys}} for r, v in res["relations"].items()]
+    for fam, a in res.get("analogies", {}).items():
+        rows += [{"kind": f"analogy ({fam})", "item": x["analogy"], "layer": a["layer"], "chance": x["chance"], "composed": x["acc"]} for x in a["items"]]
+    return rows
+
+
 STAGE = Stage("compose", "compose cardinal vectors into untrained diagonal relations; analogies", run, needs=("vectors", "eval", "finetune"),
               section="compose", settings=ComposeSettings,
-              report=(ReportSection("compose", "Composition of relation vectors and analogies", section),))
+              report=(ReportSection("compose", "Composition of relation vectors and analogies", section),), table=table)

@@ -57,5 +57,10 @@ def section(res: H.Results, out: Path) -> str:
     return html
 
 
+def table(res: dict) -> list[dict]:
+    """One row per (relation, split): items, and the test split's chance level."""
+    return [{"relation": r, "split": s, "items": res["items"][s].get(r), "chance": res["chance"].get(r)} for r in res["relations"] for s in res["items"]]
+
+
 STAGE = Stage("data", "the run's items: dataset, items per split and relation, chance levels", run,
-              report=(ReportSection("data", "Data: items per split and chance levels", section),))
+              report=(ReportSection("data", "Data: items per split and chance levels", section),), table=table)

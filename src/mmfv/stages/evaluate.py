@@ -47,6 +47,7 @@ def run(ctx: Context) -> dict:
             r["head_count"] = {str(k): evaluate.accuracy(lmm, zs_test, V.build(lmm, cres.means, cres.top_heads(k), rel, head_set=cres.head_set).vector,
                                                          best, bs, ctx.ex)["acc"] for k in ks}
         r["icl_by_shots"] = {k: icl["clean"][k][rel]["acc"] for k in icl["clean"]}
+        fv.at(best).save(out / "vectors" / f"{rel}.safetensors")  # the vector with the layer chosen for it
         res["relations"][rel] = r
         ctx.ex.info("  %s: zero-shot %.3f  fv %.3f @ layer %d", rel, r["zero_shot"], r["fv"], best)
     rels = list(fvs)
@@ -94,6 +95,17 @@ def section(res: H.Results, out: Path) -> str:
     return html + H.figs([*figs, '<div class="tables">' + "".join(tabs) + "</div>" if tabs else ""])
 
 
+def table(res: dict) -> list[dict]:
+    """One row per (relation, sweep, x): the layer sweeps (val and test), head counts and ICL by shots."""
+    rows = []
+    for r, v in res.get("relations", {}).items():
+        for sweep in ("layer_sweep_val", "layer_sweep_test"):
+            rows += [{"relation": r, "sweep": sweep, "x": l, "acc": a, "chosen": l == v["best_layer"]} for l, a in enumerate(v[sweep])]
+        rows += [{"relation": r, "sweep": "head_count", "x": int(k), "acc": a, "chosen": False} for k, a in v.get("head_count", {}).items()]
+        rows += [{"relation": r, "sweep": "icl_by_shots", "x": int(k), "acc": a, "chosen": False} for k, a in v.get("icl_by_shots", {}).items()]
+    return rows
+
+
 STAGE = Stage("eval", "zero-shot accuracy with function vectors: layer, head-count and context-size sweeps", run, needs=("vectors", "cma", "icl"),
               section="eval", settings=EvalSettings,
-              report=(ReportSection("eval", "Function vectors: zero-shot with the vector, layer and head-count sweeps", section),))
+              report=(ReportSection("eval", "Function vectors: zero-shot with the vector, layer and head-count sweeps", section),), table=table)

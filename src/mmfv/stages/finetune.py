@@ -79,7 +79,8 @@ def run(ctx: Context) -> dict:
             r["curves"][str(n)] = ft.curve
             if n == c.headline_size:
                 tuned = V.FunctionVector(ft.vector, rel, fv.model_id, fv.config_hash, fv.n_layers, fv.hidden_size, fv.heads, fv.k,
-                                         extra={"finetuned": True, "train_size": n, "epoch": ft.best_epoch, "layer": layer, "init": "extracted"})
+                                         extra={"finetuned": True, "train_size": n, "epoch": ft.best_epoch, "layer": layer, "init": "extracted"},
+                                         layer=layer)
                 tuned.save(out / "vectors" / f"{rel}.safetensors")
                 r["fv_tuned"] = r["by_size"][str(n)]["fv_tuned"]
                 g = torch.Generator().manual_seed(seed)
@@ -180,7 +181,17 @@ def section(res: H.Results, out: Path) -> str:
     return html + (H.figs(figs) if figs else H.note("no fine-tuning figures in the folder"))
 
 
+def table(res: dict) -> list[dict]:
+    """One row per (relation, training size): tuned FV accuracy beside the relation's baselines."""
+    rows = []
+    for r, v in res.get("relations", {}).items():
+        base = {k: v.get(k) for k in ("layer", "zero_shot", "icl_best", "fv", "fv_random_init")}
+        for n, b in v["by_size"].items():
+            rows.append({"relation": r, "train_size": int(n), **base, "fv_tuned": b["fv_tuned"], "best_epoch": b["best_epoch"], "val_acc": b["val_acc"]})
+    return rows
+
+
 STAGE = Stage("finetune", "fine-tune function vectors with the model frozen; compare with ICL", run, needs=("vectors", "eval"),
               section="finetune", settings=FinetuneStageSettings,
               report=(ReportSection("summary", "Summary: zero-shot, FV, fine-tuned FV and best ICL", summary_section),
-                      ReportSection("finetune", "Fine-tuned function vectors", section)))
+                      ReportSection("finetune", "Fine-tuned function vectors", section)), table=table)

@@ -69,5 +69,11 @@ def section(res: H.Results, out: Path) -> str:
     return H.figs(figs) + H.table(["kind", "k", *rels, "mean", "mean 95% CI"], rows, caption=cap)
 
 
+def table(res: dict) -> list[dict]:
+    """One row per (kind, shots, relation) with the accuracy, its 95% interval and n."""
+    return [{"kind": kind, "k": int(k), "relation": r, "acc": c["acc"], "ci_low": c["ci95"][0], "ci_high": c["ci95"][1], "n": c["n"]}
+            for kind in ("clean", "corrupted") for k, row in res.get(kind, {}).items() for r, c in row.items()]
+
+
 STAGE = Stage("icl", "in-context accuracy by number of demonstrations, clean and corrupted", run, section="icl", settings=ICLSettings,
-              report=(ReportSection("icl", "In-context learning by number of demonstrations", section),))
+              report=(ReportSection("icl", "In-context learning by number of demonstrations", section),), table=table)
