@@ -386,3 +386,22 @@ def test_last_token_cross_attends_to_its_own_image(lmm, data):
 @torch.no_grad()
 def test_answer_token_is_the_answer_after_its_space(lmm):
     assert lmm.decode([lmm.answer_token_id("red circle")]).startswith(" red")
+
+
+def test_fu2025_protocol_writes_the_papers_openflamingo_text():
+    """Under protocol fu2025 the adapter's prompt for a 2-shot item is, byte for byte, the string the
+    paper's code builds (dataset/utils.py, construct_question, flamingo branch)."""
+    from mmfv import prompts as P
+    from mmfv.testing import openflamingo_tiny_random
+
+    from PIL import Image
+
+    lmm = openflamingo_tiny_random()
+    items = [P.Item(f"img{i}", q, a, "left", Image.new("RGB", (8, 8))) for i, (q, a) in enumerate([("man", "phone"), ("woman", "hat"), ("boy", "ball")])]
+    p = P.Prompt(tuple(items[:2]), items[2], "clean")
+    assert lmm.use_protocol("fu2025")
+    want = "<image>Q:man. A:phone.<|endofchunk|>\n<image>Q:woman. A:hat.<|endofchunk|>\n<image>Q:boy. A:"
+    assert lmm.template.render(p) == want
+    assert lmm.tok(lmm.template.render(p))["input_ids"] == lmm.tok(want)["input_ids"]
+    lmm.use_protocol("mmfv")
+    assert lmm.template.render(p) == P.FLAMINGO.render(p)

@@ -185,6 +185,15 @@ class LMM(abc.ABC):
     @abc.abstractmethod
     def decode(self, ids: list[int]) -> str: ...
 
+    protocols: tuple[str, ...] = ("mmfv",)
+    """Prompt protocols whose reference text this adapter can write (see :meth:`use_protocol`)."""
+
+    def use_protocol(self, protocol: str) -> bool:
+        """Write prompts as ``protocol``'s reference code does (``fu2025``: the paper's text); returns
+        False, changing nothing, when this model has no such form (mmfv-tiny reads only the template
+        it was trained on)."""
+        return protocol == "mmfv"
+
     @property
     def eos_texts(self) -> tuple[str, ...]:
         """Text pieces that end a generated answer (the template's full stop, end-of-chunk)."""

@@ -72,6 +72,8 @@ class Context:
 
             m = self.cfg.model
             self._lmm = load_model(m.name, m.dtype, m.device, m.device_map)
+            if not self._lmm.use_protocol(self.cfg.run.protocol) and self.ex is not None:
+                self.ex.info("protocol %s: %s has no such prompt text; it keeps its own template", self.cfg.run.protocol, self._lmm.model_id)
             if self.cfg.cma.head_set not in self._lmm.head_sets:
                 raise ValueError(f"config key cma.head_set: {self._lmm.model_id} has no {self.cfg.cma.head_set!r} heads (it has {', '.join(self._lmm.head_sets)})")
         return self._lmm

@@ -53,6 +53,16 @@ class OpenFlamingoLMM(LMM):
     ``cross_layer_indices[c]``). Resampled image features are cached per image id (LRU).
     """
 
+    protocols = ("mmfv", "fu2025")
+
+    def use_protocol(self, protocol: str) -> bool:
+        """``fu2025``: the paper's OpenFlamingo text (``<image>Q:x. A:y.<|endofchunk|>`` joined by newlines,
+        the answer token read right after ``A:``), :data:`mmfv.prompts.FU2025`."""
+        from mmfv.prompts import FU2025
+
+        self.template = FU2025 if protocol == "fu2025" else FLAMINGO
+        return protocol in self.protocols
+
     def __init__(self, model: OpenFlamingo, tokenizer: Any, model_id: str = "openflamingo", processor: ClipImageProcessor | None = None, cache_images: int = 4096, card: dict | None = None) -> None:
         self.module = model.eval()
         self.tok = tokenizer
