@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Build mmfv's sdist and wheel and prove the wheel works as a user gets it: in a fresh venv outside
-# the source tree, torch installed as setup.sh does, then the wheel under constraints.txt, then
-# `mmfv --help` and the icl stage on a tiny config. Checks the wheel ships mmfv-tiny's weights.
-# Run from the repository with setup.sh's venv active (CI: .ci/run); about a minute.
+# Build mmfv's sdist and wheel and prove the wheel works as a user gets it: it holds every package
+# file (mmfv-tiny's weights included); in a fresh venv outside the source tree, with torch installed
+# as setup.sh does and the wheel under constraints.txt, `mmfv --help` and the icl stage on a tiny
+# config run. From the repository with setup.sh's venv active (CI: .ci/run); a minute or two.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -16,22 +16,25 @@ python -m build -q --outdir "$tmp/dist" . >/dev/null
 wheel=("$tmp"/dist/mmfv-*.whl)
 echo "built ${wheel[0]##*/}"
 
-# the wheel holds every file of the shipped model (and py.typed)
-python - "${wheel[0]}" <<'EOF'
-import sys, zipfile
+python - "${wheel[0]}" <<'PY'
+import subprocess, sys, zipfile
 from pathlib import Path
-names = set(zipfile.ZipFile(sys.argv[1]).namelist())
-want = {f"mmfv/models/tiny/weights/{p.name}" for p in Path("src/mmfv/models/tiny/weights").iterdir() if p.is_file()} | {"mmfv/py.typed"}
-missing = sorted(want - names)
-if not want - {"mmfv/py.typed"} or missing:
-    sys.exit(f"check_wheel: the wheel lacks {missing or 'the tiny weights (none in src/)'}; fix [tool.setuptools.package-data] in pyproject.toml")
-EOF
+try:  # the tracked files; outside a git checkout, the files on disk
+    files = subprocess.run(["git", "ls-files", "src/mmfv"], capture_output=True, text=True, check=True).stdout.split()
+except (OSError, subprocess.CalledProcessError):
+    files = [str(p) for p in Path("src/mmfv").rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+want = {f.removeprefix("src/") for f in files}
+missing = sorted(want - set(zipfile.ZipFile(sys.argv[1]).namelist()))
+if not any("/tiny/weights/" in f for f in want) or missing:
+    sys.exit(f"check_wheel: the wheel lacks {missing or 'the tiny weights'}; fix [tool.setuptools.package-data] in pyproject.toml")
+print(f"the wheel holds all {len(want)} package files")
+PY
 
 python -m venv "$tmp/venv"
-pip="$tmp/venv/bin/python -m pip"
-$pip install -q --upgrade pip
-$pip install -q torch==2.13.0  # as setup.sh: this project's machines serve the CPU wheel locally
-PIP_CONSTRAINT="$root/constraints.txt" $pip install -q "${wheel[0]}"
+pip=("$tmp/venv/bin/python" -m pip)
+"${pip[@]}" install -q --upgrade pip
+"${pip[@]}" install -q torch==2.13.0  # as setup.sh: this project's machines serve the CPU wheel locally
+PIP_CONSTRAINT="$root/constraints.txt" "${pip[@]}" install -q "${wheel[0]}"
 
 cd "$tmp"  # outside the source tree
 "$tmp/venv/bin/python" -c "import mmfv, sys; sys.exit(0 if mmfv.__file__.startswith('$tmp/venv/') else f'mmfv imported from {mmfv.__file__}, not the wheel')"
