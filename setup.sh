@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# One-time set-up on a fresh machine: a venv in .venv with the CPU torch wheel first, then mmfv.
+# This project's one-time set-up on its own CPU machines, which serve the CPU torch wheel from local
+# disk: a venv in .venv, torch==2.13.0 first (the CPU build there; on a normal PyPI index on Linux
+# this line would get a CUDA build — elsewhere follow README "Install"), then mmfv editable with its
+# test extras under constraints.txt, which pins torch so nothing swaps it.
 set -euo pipefail
 cd "$(dirname "$0")"
 python3 -m venv .venv
