@@ -121,13 +121,41 @@ def _claim(cfg: Any, out: Path, force: bool, weights: str, hashes: dict[str, str
         raise RunError(f"{out} is not empty and holds no mmfv run: choose another output folder or pass --force")
     if dist.is_main():
         out.mkdir(parents=True, exist_ok=True)
-        _write_meta(out, cfg, weights, "running")
+        _write_meta(out, cfg, weights, "running", provenance())
         write_bytes(out / "config.toml", cfg.to_toml().encode())
     dist.barrier()
 
 
-def _write_meta(out: Path, cfg: Any, weights: str, state: str) -> None:
-    write_json(out / "run.json", {"config_hash": cfg.hash(), "weights": weights, "mmfv_version": __version__, "model": cfg.model.name, "state": state})
+def provenance() -> dict[str, Any]:
+    """Where and with what a run ran: date, mmfv's git commit (when run from a checkout), software, hardware."""
+    import datetime
+    import platform
+    import subprocess
+
+    import torch
+    import transformers
+
+    src = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(src), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "mmfv_commit": commit or None,
+            "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "platform": f"{platform.system()} {platform.machine()}", "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
+            "device": device, "processes": dist.world()}
+
+
+def _write_meta(out: Path, cfg: Any, weights: str, state: str, prov: dict | None = None) -> None:
+    old = {}
+    if (out / "run.json").exists():
+        try:
+            old = read_json(out / "run.json")
+        except ValueError:
+            old = {}
+    write_json(out / "run.json", {"config_hash": cfg.hash(), "weights": weights, "mmfv_version": __version__, "model": cfg.model.name, "state": state,
+                                  "provenance": prov or old.get("provenance", {})})
 
 
 def _marker(out: Path, stage: str) -> str | None:

@@ -34,7 +34,9 @@ img{max-width:100%}
 .tables{display:flex;flex-wrap:wrap;gap:28px;align-items:flex-start}.tables h3{margin-top:.2em}.figs>.tables{flex:1 1 300px}
 .note{color:#6b7280;font-style:italic;margin:.3em 0}
 pre{background:#f6f8fa;border:1px solid #e1e4e8;border-radius:4px;padding:10px 12px;font-size:.8em;line-height:1.35;overflow-x:auto}
-pre.config{columns:20em;column-gap:28px;column-rule:1px solid #e1e4e8;white-space:pre-wrap;overflow-wrap:anywhere}
+pre.config{white-space:pre-wrap;overflow-wrap:anywhere;max-width:60em}
+p.appx{font-size:.9em}p.appx a{color:#2457a6}
+@media print{nav{display:none}body{max-width:none;margin:0}h2{break-after:avoid}table,figure,img{break-inside:avoid}.figs img{max-width:48%}#appendix{break-before:page}}
 .strip{display:grid;grid-template-columns:repeat(auto-fill,minmax(175px,1fr));gap:14px;margin-top:8px}
 .strip figure{margin:0;border:1px solid #d5dae0;border-radius:6px;padding:8px;background:#fbfcfd}
 .strip img{display:block;width:100%;height:auto;image-rendering:pixelated;border:1px solid #ccc}
@@ -113,10 +115,27 @@ def mean(values: Sequence[Any]) -> float | None:
     return round(sum(values) / len(values), 4)
 
 
+FORMATS = ("png", "svg", "pdf")
+"""Every figure of a run is written in these formats (PNG embedded in the report; SVG and PDF beside it for papers)."""
+
+
 def png(draw, *args, **kw) -> str:
-    """Draw a figure with a ``plots`` helper (which writes the PNG atomically) and embed it."""
-    path = draw(*args, **kw)
-    return img_file(Path(path))
+    """Draw a figure with a ``plots`` helper (which writes PNG, SVG and PDF atomically) and embed the PNG."""
+    fig = draw(*args, formats=FORMATS, **kw)
+    return img_file(fig.mmfv_path)
+
+
+def acc(a: float | None, n: int | None) -> Any:
+    """An accuracy with its 95% Wilson interval (from the number of prompts it was measured on)."""
+    if a is None or not n:
+        return a
+    from mmfv.evaluate import wilson
+
+    lo, hi = wilson(a * n, int(n))
+    return Raw(f"{a:.3f} <small>[{lo:.2f}, {hi:.2f}]</small>")
+
+
+
 
 
 # --- reading the results folder ---------------------------------------------------------------------
@@ -143,6 +162,20 @@ class Results:
             if (self.root / name).is_dir():
                 return self.root / name
         return None
+
+    def fold(self, title: str, body: str) -> str:
+        """Move a long table or block into the report's appendix; returns the link that stands in its place."""
+        if not body:
+            return ""
+        if not hasattr(self, "_appendix"):
+            self._appendix: list[tuple[str, str]] = []
+        self._appendix.append((title, body))
+        i = len(self._appendix)
+        return f'<p class="appx">→ <a href="#appx-{i}">Appendix A.{i}: {esc(title)}</a></p>'
+
+    def appendix(self) -> list[tuple[str, str]]:
+        """(title, HTML) of every block moved to the appendix, in order."""
+        return list(getattr(self, "_appendix", []))
 
     def skipped(self, stage: str) -> str | None:
         """Why the stage was skipped in this run (its results say so), else None."""

@@ -36,7 +36,7 @@ class CMASettings(Section):
 
 
 def run(ctx: Context) -> dict:
-    from mmfv import cma, plots
+    from mmfv import cma
     from mmfv.execution import Checkpoint
     from mmfv.stages import means as M
 
@@ -45,7 +45,7 @@ def run(ctx: Context) -> dict:
     if c.top_k > hs.n_layers * hs.n_heads:
         raise ValueError(f"config key cma.top_k: {c.top_k} is larger than the model's {hs.n_layers * hs.n_heads} {c.head_set} heads")
     items = ctx.items("eval")
-    results = {}
+    results, done = {}, {}
     for rel in ctx.relations:
         clean = P.build("clean", items[rel], items, c.shots, c.n_mean, ctx.seed, ctx.protocol)
         corrupt = corrupted_prompts(ctx, items, rel)
@@ -56,8 +56,8 @@ def run(ctx: Context) -> dict:
             ie = cma.indirect_effects(lmm, corrupt, means, c.engine, c.batch_size, head_set=c.head_set, metric=c.metric, ex=ctx.ex, checkpoint=ck)
         res = cma.CMAResult(rel, means, ie, n_mean, c.engine, c.head_set)
         save(res, lmm, out)
+        done[rel] = res
         top = res.top_heads(c.top_k)
-        plots.aie_heatmap(res.aie, top, f"AIE, {rel} ({lmm.model_id}); top {c.top_k} boxed", out / f"aie_{rel}.png")
         results[rel] = {
             "top_heads": [[l, h, round(float(res.aie[l, h]), 6)] for l, h in top],
             "top_share": round(res.top_share(c.top_k), 4),
@@ -68,10 +68,32 @@ def run(ctx: Context) -> dict:
         if c.metric != "prob":
             results[rel]["metric"] = c.metric
         ctx.ex.info("CMA %s: top-%d share %.3f, top heads %s", rel, c.top_k, results[rel]["top_share"], results[rel]["top_heads"][:3])
+    draw(done, c.top_k, lmm.model_id, out)
     summary = {"model": lmm.model_id, "config_hash": lmm.config_hash(), "head_set": c.head_set, "n_layers": hs.n_layers, "n_heads": hs.n_heads,
                "top_k": c.top_k, "shots": c.shots, "relations": results}
     ctx.write("cma", summary)
     return summary
+
+
+def head_ci(ie: Any) -> Any:
+    """(L, H) half-width of the 95% interval of each head's AIE, from its per-prompt IEs (N, L, H)."""
+    import torch
+
+    n = ie.shape[0]
+    return 1.96 * ie.std(0) / n**0.5 if n > 1 else torch.zeros(ie.shape[1:])
+
+
+def draw(results: dict, k: int, model_id: str, out: Path) -> None:
+    """Per relation and all together: AIE heatmaps on ONE symmetric colour scale, top-k boxed where
+    legible, each top head's 95% interval printed (PNG, SVG, PDF)."""
+    from mmfv import plots
+
+    vmax = max(float(r.aie.abs().max()) for r in results.values()) or 1.0
+    for rel, r in results.items():
+        plots.aie_heatmap(r.aie, r.top_heads(k), f"AIE, {rel} ({model_id}); top {k} boxed", out / f"aie_{rel}.png", vmax=vmax, ci=head_ci(r.ie),
+                          formats=H.FORMATS)
+    plots.heatmap_grid({rel: r.aie for rel, r in results.items()}, {rel: r.top_heads(k) for rel, r in results.items()}, vmax,
+                       title=f"AIE per head ({model_id}); top {k} boxed, one colour scale", path=out / "aie_all.png", formats=H.FORMATS)
 
 
 def corrupted_prompts(ctx: Context, items: dict, rel: str) -> list:
@@ -123,10 +145,17 @@ def section(res: H.Results, out: Path) -> str:
     cma, d = res.json("cma"), res.dir("cma")
     rels = list(cma["relations"])
     k = cma.get("top_k", max((len(v["top_heads"]) for v in cma["relations"].values()), default=0))
-    heat = [H.img_file(d / f"aie_{r}.png") for r in rels if (d / f"aie_{r}.png").exists()]
+    heat = [H.img_file(d / "aie_all.png")] if (d / "aie_all.png").exists() else [H.img_file(d / f"aie_{r}.png") for r in rels if (d / f"aie_{r}.png").exists()]
     html = (f"<p>{H.esc(cma.get('n_layers', '?'))} layers × {H.esc(cma.get('n_heads', '?'))} heads; {H.esc(cma.get('shots', '?'))}-shot corrupted prompts; "
-            f"the top {H.esc(k)} heads by average indirect effect (AIE) are boxed.</p>")
+            f"the top {H.esc(k)} heads by average indirect effect (AIE) are boxed where legible (|AIE| ≥ 10% of the shared colour scale), "
+            "with their 95% interval over prompts.</p>")
     html += H.figs(heat) if heat else H.note("no AIE heatmaps (cma/aie_<relation>.png) in the folder")
+    cis = {}
+    for r in rels:  # per-head intervals from the per-prompt IEs kept beside the results
+        try:
+            cis[r] = head_ci(load(d, r).ie)
+        except (FileNotFoundError, KeyError, ValueError):
+            pass
     summary = [[r, v.get("top_share"), " ".join(map(str, v.get("top_layers", []))), v.get("n_mean"), v.get("n_cma"), v.get("engine")]
                for r, v in cma["relations"].items()]
     left = "<div><h3>Top heads</h3>" + H.table(["relation", f"top-{k} share", "top layers", "n mean", "n CMA", "engine"], summary,
@@ -138,10 +167,11 @@ def section(res: H.Results, out: Path) -> str:
         row: list[Any] = [i + 1]
         for r in rels:
             th = cma["relations"][r]["top_heads"]
-            row.append(H.Raw(f"L{th[i][0]} H{th[i][1]} <small>{th[i][2]:.3f}</small>") if i < len(th) else None)
+            pm = f" ± {float(cis[r][th[i][0], th[i][1]]):.3f}" if r in cis and i < len(th) else ""
+            row.append(H.Raw(f"L{th[i][0]} H{th[i][1]} <small>{th[i][2]:.3f}{pm}</small>") if i < len(th) else None)
         ranks.append(row)
-    right = (f"<div><h3>Top {k} heads by AIE</h3>" + H.table(["rank", *rels], ranks, caption="Layer, head and AIE: Δ P(answer) when the head's mean clean<br>"
-                                                                 "output is patched into corrupted prompts.") + "</div>")
+    right = (f"<div><h3>Top {k} heads by AIE</h3>" + H.table(["rank", *rels], ranks, caption="Layer, head and AIE ± 95% interval: Δ P(answer) when the<br>"
+                                                                 "head's mean clean output is patched into corrupted prompts.") + "</div>")
     return html + f'<div class="tables">{left}{right}</div>'
 
 

@@ -87,10 +87,11 @@ def run(ctx: Context) -> dict:
     res["mean"] = {k: round(sum(res["relations"][r][k] for r in R.NOVEL) / len(R.NOVEL), 4) for k in keys}
     res["analogies"] = {fam: _analogies(ctx, fvs, val, test, ops, answers) for fam, (ops, answers) in
                         {"cardinal": (R.CARDINAL, R.CARDINAL), "diagonal": (R.SPATIAL, R.NOVEL)}.items()}
-    plots.bars({r: {"chance": res["relations"][r]["chance"], "single best": res["relations"][r]["single_best"],
-                    "composed a=b=1": res["relations"][r]["composed"], "composed (val grid)": res["relations"][r]["composed_grid"],
+    plots.bars({r: {"single best": res["relations"][r]["single_best"], "composed a=b=1": res["relations"][r]["composed"],
+                    "composed (val grid)": res["relations"][r]["composed_grid"],
                     f"ICL {max(c.shots)}-shot": res["relations"][r]["icl_by_shots"][str(max(c.shots))]} for r in R.NOVEL},
-               "zero-shot accuracy (test)", f"Composition of relation vectors ({lmm.model_id})", out / "composition.png")
+               "zero-shot accuracy (test)", f"Composition of relation vectors ({lmm.model_id})", out / "composition.png",
+               hlines={"chance (mean)": res["mean"]["chance"]}, formats=H.FORMATS)
     ctx.ex.info("composition (test): %s", res["mean"])
     out_json = {"model": lmm.model_id, "n_eval": c.n, **res}
     ctx.write("compose", out_json)
@@ -130,15 +131,17 @@ def section(res: H.Results, out: Path) -> str:
     hdr = ["relation", "layer", "chance", "zero-shot", "single (each)", "single best", "composed a=b=1", "composed (val grid)", "grid (a, b)",
            *(["composed, tuned FVs"] if tuned else []), *[f"ICL k={k}" for k in shots]]
     rows = []
+    n = co.get("n_eval")
+    ac = lambda x, k=n: H.acc(x, k)  # noqa: E731 - accuracy with its 95% interval
     for r, v in rels.items():
-        single = H.Raw("<br>".join(f"{H.esc(n)} {a:.3f}" for n, a in v.get("single", {}).items()))
+        single = H.Raw("<br>".join(f"{H.esc(name)} {x:.3f}" for name, x in v.get("single", {}).items()))
         gc = v.get("grid_choice")
-        rows.append([r, v.get("layer"), v["chance"], v.get("zero_shot"), single, v["single_best"], v["composed"], v.get("composed_grid"),
-                     f"({gc[0]:g}, {gc[1]:g})" if gc else None, *([v.get("composed_tuned")] if tuned else []),
-                     *[v.get("icl_by_shots", {}).get(k) for k in shots]])
-    m = co.get("mean", {})
-    mean = ["mean", "", m.get("chance"), m.get("zero_shot"), "", m.get("single_best"), m.get("composed"), m.get("composed_grid"), "",
-            *([m.get("composed_tuned")] if tuned else []), *[""] * len(shots)]
+        rows.append([r, v.get("layer"), v["chance"], ac(v.get("zero_shot")), single, ac(v["single_best"]), ac(v["composed"]), ac(v.get("composed_grid")),
+                     f"({gc[0]:g}, {gc[1]:g})" if gc else None, *([ac(v.get("composed_tuned"))] if tuned else []),
+                     *[ac(v.get("icl_by_shots", {}).get(k)) for k in shots]])
+    m, nm = co.get("mean", {}), (n or 0) * len(rels)
+    mean = ["mean", "", m.get("chance"), ac(m.get("zero_shot"), nm), "", ac(m.get("single_best"), nm), ac(m.get("composed"), nm), ac(m.get("composed_grid"), nm), "",
+            *([ac(m.get("composed_tuned"), nm)] if tuned else []), *[""] * len(shots)]
     html = H.table(hdr, rows, mean, caption=f"Zero-shot test accuracy on the diagonal relations, {H.esc(co.get('n_eval', '?'))} prompts each; "
                  "composed = FV(vertical) + FV(horizontal), scaled by the (a, b) grid point best on val; layers chosen on val.")
     kinds = {r: v["composed_answers"] for r, v in rels.items() if v.get("composed_answers")}
@@ -161,7 +164,7 @@ def section(res: H.Results, out: Path) -> str:
         mean_row = ["mean", a.get("mean_acc"), a.get("mean_chance")]
         tabs = "".join(f"<div>{H.table(['A : B :: C : D', 'accuracy', 'chance'], part, mean_row if j == len(parts) - 1 else None)}</div>" for j, part in enumerate(parts))
         block = (f"<h3>Analogies, {H.esc(fam)}: mean accuracy {H.fmt(a.get('mean_acc'))} vs chance {H.fmt(a.get('mean_chance'))} "
-                 f"({len(items)} analogies, layer {H.esc(a.get('layer', '?'))})</h3><div class=\"tables\">{tabs}</div>")
+                 f"({len(items)} analogies, layer {H.esc(a.get('layer', '?'))})</h3>" + res.fold("every analogy", f"<div class=\"tables\">{tabs}</div>"))
         if n_parts == 1 and len(side) == 1:  # a short table beside the composition chart
             side.append(f'<div class="tables"><div>{block}</div></div>')
         else:

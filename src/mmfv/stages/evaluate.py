@@ -55,12 +55,14 @@ def run(ctx: Context) -> dict:
     for r in rels:  # flat per-relation keys
         res[r] = {k: res["relations"][r][k] for k in ("zero_shot", "fv", "best_layer")}
     first = next(iter(res["relations"].values()))
+    zs = {"zero-shot, no FV (mean)": res["mean"]["zero_shot"]}
     plots.curves({r: res["relations"][r]["layer_sweep_test"] for r in rels}, list(range(lmm.n_layers)), "injection layer", "zero-shot accuracy (test)",
-                 f"FV layer sweep ({lmm.model_id})", out / "layer_sweep.png")
+                 f"FV layer sweep ({lmm.model_id})", out / "layer_sweep.png", hlines=zs, formats=H.FORMATS)
     plots.curves({r: list(res["relations"][r]["head_count"].values()) for r in rels}, [int(k) for k in first["head_count"]], "heads in the FV (k)",
-                 "zero-shot accuracy (test)", "FV head-count sweep", out / "head_count.png")
+                 "zero-shot accuracy (test)", "FV head-count sweep", out / "head_count.png", hlines=zs, formats=H.FORMATS)
     plots.curves({r: list(res["relations"][r]["icl_by_shots"].values()) for r in rels}, [int(k) for k in first["icl_by_shots"]], "demonstrations (k)",
-                 "accuracy (test)", "ICL by context size (FV: dashed)", out / "context_size.png", hlines={"FV mean": res["mean"]["fv"]})
+                 "accuracy (test)", "ICL by context size", out / "context_size.png", hlines={"zero-shot + FV (mean)": res["mean"]["fv"]},
+                 formats=H.FORMATS)
     ctx.ex.info("FV (test, layer chosen on val): zero-shot %.3f -> %.3f", res["mean"]["zero_shot"], res["mean"]["fv"])
     out_json = {"model": lmm.model_id, "n_eval": c.n, **res}
     ctx.write("eval", out_json)
@@ -71,11 +73,12 @@ def section(res: H.Results, out: Path) -> str:
     if (why := res.why_missing("eval")) is not None:
         return why
     ev, d = res.json("eval"), res.dir("eval")
-    rows = [[r, v["zero_shot"], v["fv"], v["fv"] - v["zero_shot"], v["best_layer"]] for r, v in ev["relations"].items()]
-    m = ev.get("mean", {})
-    mean = ["mean", m.get("zero_shot"), m.get("fv"), (m["fv"] - m["zero_shot"]) if "fv" in m and "zero_shot" in m else None, ""]
-    html = H.table(["relation", "zero-shot", "zero-shot + FV", "Δ", "layer (chosen on val)"], rows, mean,
-                   caption=f"Test accuracy, {H.esc(ev.get('n_eval', '?'))} zero-shot prompts per relation; the FV is added at the layer best on val.")
+    n = ev.get("n_eval")
+    rows = [[r, H.acc(v["zero_shot"], n), H.acc(v["fv"], n), v["fv"] - v["zero_shot"], v["best_layer"]] for r, v in ev["relations"].items()]
+    m, nm = ev.get("mean", {}), (n or 0) * len(ev["relations"])
+    mean = ["mean", H.acc(m.get("zero_shot"), nm), H.acc(m.get("fv"), nm), (m["fv"] - m["zero_shot"]) if "fv" in m and "zero_shot" in m else None, ""]
+    html = H.table(["relation", "zero-shot [95% CI]", "zero-shot + FV [95% CI]", "Δ", "layer (chosen on val)"], rows, mean,
+                   caption=f"Test accuracy, {H.esc(n or '?')} zero-shot prompts per relation; the FV is added at the layer best on val.")
     names = {"layer_sweep.png": "layer sweep", "head_count.png": "head-count sweep", "context_size.png": "context size"}
     figs = [H.img_file(d / n) for n in names if (d / n).exists()]
     if not figs:
@@ -91,8 +94,7 @@ def section(res: H.Results, out: Path) -> str:
     if hc:
         ks = H.by_k(next(iter(hc.values())))
         tabs.append("<div><h3>Head-count sweep (test)</h3>" + H.table(["heads (k)", *hc], [[int(float(k)), *[hc[r].get(k) for r in hc]] for k in ks]) + "</div>")
-    # The tables sit beside the last figure when there is room.
-    return html + H.figs([*figs, '<div class="tables">' + "".join(tabs) + "</div>" if tabs else ""])
+    return html + H.figs(figs) + res.fold("Sweep tables (layer sweep on test, head-count sweep)", '<div class="tables">' + "".join(tabs) + "</div>" if tabs else "")
 
 
 def table(res: dict) -> list[dict]:

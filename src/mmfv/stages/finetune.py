@@ -98,10 +98,11 @@ def run(ctx: Context) -> dict:
     rels = list(fvs)
     res["mean"] = {k: round(sum(res[r][k] for r in rels) / len(rels), 4) for k in ("icl_best", "fv", "fv_tuned", "fv_random_init")}
     plots.curves({r: [res["relations"][r]["by_size"][str(n)]["fv_tuned"] for n in c.sizes] for r in rels}, list(c.sizes),
-                 "training prompts", "zero-shot accuracy with tuned FV (test)", "Fine-tuned FV vs ICL (dashed: best ICL, mean)",
-                 out / "accuracy_vs_size.png", hlines={"ICL best (mean)": res["mean"]["icl_best"]})
+                 "training prompts", "zero-shot accuracy with tuned FV (test)", "Fine-tuned FV vs ICL",
+                 out / "accuracy_vs_size.png", hlines={"ICL best (mean)": res["mean"]["icl_best"], "extracted FV (mean)": res["mean"]["fv"]},
+                 formats=H.FORMATS)
     plots.curves({f"{r} n={c.headline_size}": [x["val_acc"] for x in res["relations"][r]["curves"][str(c.headline_size)]] for r in rels},
-                 list(range(1, c.epochs + 1)), "epoch", "val accuracy", "Fine-tuning learning curves", out / "learning_curves.png")
+                 list(range(1, c.epochs + 1)), "epoch", "val accuracy", "Fine-tuning learning curves", out / "learning_curves.png", formats=H.FORMATS)
     ctx.ex.info("fine-tuning (test): %s", res["mean"])
     out_json = {"model": lmm.model_id, "n_eval": c.n, **res}
     ctx.write("finetune", out_json)
@@ -146,7 +147,11 @@ def summary_section(res: H.Results, out: Path) -> str:
         notes += " The fine-tuning stage did not run: no fine-tuned FV bars."
     elif any(row[3] is None for row in rows):
         notes += " Relations without a fine-tuned FV show no bar and a dash."
-    table = H.table(["relation", "zero-shot", "FV", "fine-tuned FV", "best ICL"], rows, mean, caption=notes)
+    n_ev, n_ft = ev.get("n_eval"), ft.get("n_eval", ev.get("n_eval"))
+    ns = (n_ev, n_ev, n_ft, n_ft)
+    shown = [[row[0], *[H.acc(x, k) for x, k in zip(row[1:], ns)]] for row in rows]
+    mean = [mean[0], *[H.acc(x, (k or 0) * len(rows)) for x, k in zip(mean[1:], ns)]]
+    table = H.table(["relation", "zero-shot", "FV", "fine-tuned FV", "best ICL"], shown, mean, caption=notes + " Brackets: 95% intervals.")
     return f'<div class="tables"><div>{fig}</div><div style="max-width:420px">{table}</div></div>'
 
 
@@ -157,8 +162,10 @@ def section(res: H.Results, out: Path) -> str:
     rels = list(ft["relations"])
     hs = ft.get("headline_size", "?")
     keys = ("zero_shot", "icl_best", "fv", "fv_tuned", "fv_random_init")
-    rows = [[r, v.get("layer"), *[v.get(k) for k in keys]] for r, v in ft["relations"].items()]
-    m = {k: ft.get("mean", {}).get(k, H.mean([v.get(k) for v in ft["relations"].values()])) for k in keys}
+    n = ft.get("n_eval")
+    nm = (n or 0) * len(rels)
+    rows = [[r, v.get("layer"), *[H.acc(v.get(k), n) for k in keys]] for r, v in ft["relations"].items()]
+    m = {k: H.acc(ft.get("mean", {}).get(k, H.mean([v.get(k) for v in ft["relations"].values()])), nm) for k in keys}
     html = H.table(["relation", "layer", "zero-shot", "best ICL (k ≥ 1)", "FV", f"FV fine-tuned (n={hs})", f"random init fine-tuned (n={hs})"], rows,
                  ["mean", "", *[m.get(k) for k in keys]], caption=f"Test accuracy, {H.esc(ft.get('n_eval', '?'))} prompts per relation; fine-tuned on n zero-shot train prompts, epoch chosen on val.")
     sizes = [str(s) for s in ft.get("sizes", [])]
@@ -171,12 +178,12 @@ def section(res: H.Results, out: Path) -> str:
         layers = sorted({int(l) for v in search.values() for l in v})
         lrows = [[l, *[(H.Raw(f"<b>{search[r][str(l)]:.3f}</b>") if ft["relations"][r].get("layer") == l else search[r].get(str(l))) for r in search]]
                  for l in layers]
-        html += "<h3>Fine-tuning layer (chosen on val)</h3>" + H.table(["layer", *search], lrows,
-                                                                      caption=f"Val accuracy of the vector fine-tuned at each layer (n={hs}); bold: the layer kept.")
+        html += res.fold("Fine-tuning layer (chosen on val)", H.table(["layer", *search], lrows,
+                                                                      caption=f"Val accuracy of the vector fine-tuned at each layer (n={hs}); bold: the layer kept."))
     icl_k = {r: v.get("icl_by_shots", {}) for r, v in ft["relations"].items()}
     if any(icl_k.values()):
         ks = H.by_k(next(v for v in icl_k.values() if v))
-        html += "<h3>ICL baselines by shots</h3>" + H.table(["relation", *[f"k={k}" for k in ks]], [[r, *[icl_k[r].get(k) for k in ks]] for r in rels])
+        html += res.fold("ICL baselines by shots (test, 95% CI)", H.table(["relation", *[f"k={k}" for k in ks]], [[r, *[H.acc(icl_k[r].get(k), n) for k in ks]] for r in rels]))
     figs = [H.img_file(d / n) for n in ("accuracy_vs_size.png", "learning_curves.png") if (d / n).exists()]
     return html + (H.figs(figs) if figs else H.note("no fine-tuning figures in the folder"))
 

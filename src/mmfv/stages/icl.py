@@ -24,7 +24,8 @@ def run(ctx: Context) -> dict:
     res = evaluate.icl(ctx.lmm, test, test, c.icl.shots, c.icl.n, seed=ctx.seed, batch_size=c.run.batch_size, ex=ctx.ex, protocol=ctx.protocol)
     ctx.ex.info("ICL accuracy (test):\n%s", evaluate.format_icl_table(res, ctx.relations))
     kinds = {f"{kind} (mean)": [res[kind][str(k)]["mean"]["acc"] for k in c.icl.shots] for kind in res}
-    plots.curves(kinds, c.icl.shots, "demonstrations (k)", "accuracy (test)", f"ICL by shots ({ctx.lmm.model_id})", ctx.dir("icl") / "icl_curve.png")
+    plots.curves(kinds, c.icl.shots, "demonstrations (k)", "accuracy (test)", f"ICL by shots ({ctx.lmm.model_id})", ctx.dir("icl") / "icl_curve.png",
+                 formats=H.FORMATS)
     out = {"model": ctx.lmm.model_id, "split": "test", "n": c.icl.n, "seed": ctx.seed, "relations": ctx.relations, **res}
     ctx.write("icl", out)
     return out

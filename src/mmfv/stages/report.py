@@ -2,8 +2,9 @@
 stage order, each figure embedded, each table inline — plus the examples strip: test scenes with
 the model's answer without and with the relation's function vector.
 
-Deterministic for the same inputs: no timestamps, PNGs are written without metadata, JSON keys
-that are numbers (shots, sizes, head counts) are ordered numerically."""
+Deterministic for the same run folder (the header shows the run's own date from run.json; figures
+carry no timestamps); JSON keys that are numbers (shots, sizes, head counts) are ordered numerically.
+Long tables go to an appendix at the end, linked from where they belong; the page prints cleanly."""
 
 from __future__ import annotations
 
@@ -152,19 +153,29 @@ def _header(res: H.Results, run: dict, model: str, secs: list) -> str:
     from mmfv.stages import STAGES
 
     root = res.root
-    meta = [["model", model], ["mmfv (report)", __version__]]
+    prov = run.get("provenance", {})
+    meta = [["model", model + (f" (weights {run['weights']})" if run.get("weights") else "")], ["mmfv (report)", __version__]]
     if run.get("mmfv_version"):
-        meta.append(["mmfv (results)", run["mmfv_version"]])
+        meta.append(["mmfv (results)", run["mmfv_version"] + (f", commit {prov['mmfv_commit']}" if prov.get("mmfv_commit") else "")])
     if run.get("config_hash"):
         meta.append(["config hash", run["config_hash"]])
+    if prov:
+        meta.append(["run", f"{prov.get('date', '?')}; {prov.get('processes', 1)} process(es) on {prov.get('device', '?')}, {prov.get('cpus', '?')} CPUs "
+                            f"({prov.get('platform', '?')}); python {prov.get('python', '?')}, torch {prov.get('torch', '?')}, transformers {prov.get('transformers', '?')}"])
+    if (root / "timings.json").exists():
+        try:
+            t = read_json(root / "timings.json")
+            meta.append(["runtime (s)", "  ".join(f"{k} {v:.1f}" for k, v in t.items()) + f"; total {sum(t.values()):.1f}"])
+        except (ValueError, AttributeError, TypeError):
+            pass
     ran = [st.name for st in STAGES if st.name != "report" and res.dir(st.name) is not None]
     meta.append(["stages present", ", ".join(ran) or "none"])
     rows = "".join(f"<tr><td>{H.esc(k)}</td><td class='l'>{H.esc(v)}</td></tr>" for k, v in meta)
     out = f"<h1>mmfv report: {H.esc(model)}</h1><table class='meta'>{rows}</table>"
-    nav = "".join(f'<li><a href="#{s.anchor}">{H.esc(s.title)}</a></li>' for s in secs)
+    nav = "".join(f'<li><a href="#{s.anchor}">{H.esc(s.title)}</a></li>' for s in secs) + '<li><a href="#appendix">Appendix</a></li>'
     out += f"<nav><ol>{nav}</ol></nav>"
     if (root / "config.toml").exists():
-        out += f"<h3>Configuration (config.toml)</h3><pre class='config'>{H.esc((root / 'config.toml').read_text().rstrip())}</pre>"
+        out += res.fold("Configuration (config.toml)", f"<pre class='config'>{H.esc((root / 'config.toml').read_text().rstrip())}</pre>")
     else:
         out += H.note("no config.toml in the results folder")
     return out
@@ -186,9 +197,14 @@ def build_report(results_dir: str | Path, lmm: Any = None, examples: int = 6) ->
         run = {}
     model = _model_id(res, run, lmm)
     secs = sections()
+    head = _header(res, run, model, secs)  # first: it moves the config into the appendix
     body = "".join(f'<section id="{s.anchor}"><h2>{H.esc(s.title)}</h2>{s.render(res, out)}</section>' for s in secs)
+    appx = res.appendix()
+    if appx:
+        body += '<section id="appendix"><h2>Appendix</h2>' + "".join(
+            f'<h3 id="appx-{i}">A.{i} {H.esc(t)}</h3>{b}' for i, (t, b) in enumerate(appx, 1)) + "</section>"
     page = (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">'
-            f"<title>mmfv report: {H.esc(model)}</title><style>{H.CSS}</style></head>\n<body>{_header(res, run, model, secs)}{body}</body></html>\n")
+            f"<title>mmfv report: {H.esc(model)}</title><style>{H.CSS}</style></head>\n<body>{head}{body}</body></html>\n")
     return write_bytes(out / "report.html", page.encode())
 
 
