@@ -61,3 +61,24 @@ def test_quickstart_runs(tmp_path):
     assert "with FV" in proc.stdout and (tmp_path / "left.safetensors").exists() and (tmp_path / "aie_left.png").exists()
     zs, fv = (float(x) for x in proc.stdout.split("zero-shot ")[1].split(" (layer")[0].split(" -> with FV "))
     assert fv > zs  # the vector steers the shipped model
+
+
+def test_notebook_example_leaves_the_backend_alone(tmp_path, tiny_model_dir):
+    """The notebook-style example: Figures from a run's results, the user's backend untouched
+    (here a non-Agg one), files written only where asked."""
+    from tests.test_runner import SMALL
+
+    from mmfv import config as C
+
+    out = tmp_path / "run"
+    cfg = C.from_dict({**SMALL, "model": {"name": str(tiny_model_dir)}})
+    for stage in ("icl", "cma"):
+        mmfv.run(cfg, str(out), until=stage)
+    env = {**__import__("os").environ, "MPLBACKEND": "svg"}
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "notebook.py"), str(out), str(tmp_path)], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "icl.png").exists() and (tmp_path / "heads.svg").exists()
+    import pandas  # noqa: F401  (the test extra has it)
+
+    assert list(mmfv.Run(out).to_frame("cma").columns) == ["relation", "layer", "head", "aie", "top_rank"]

@@ -38,8 +38,8 @@ def _scenes_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--out", required=True, type=Path, help="folder to write PNGs and metadata.jsonl into")
     p.add_argument("--n", type=_positive_int, default=100, help="number of scenes (default 100)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--split", default="test", choices=SPLITS)
+    p.add_argument("--seed", type=int, default=0, help="seed of the scenes (default 0)")
+    p.add_argument("--split", default="test", choices=SPLITS, help="which split's scenes (default test; splits never share a scene)")
     p.add_argument("--grid", type=int, default=5, help="cells per side (default 5)")
     p.add_argument("--cell-px", type=int, default=10, help="pixels per cell side (default 10)")
     p.add_argument("--contact-sheet", action="store_true", help="also write contact_sheet.png of the first 8 scenes")
@@ -65,9 +65,9 @@ def _scenes(a: argparse.Namespace) -> int:
 
 
 def _demo_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--relation", default="left")
-    p.add_argument("--k", type=int, default=3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--relation", default="left", help="relation of the query (default left)")
+    p.add_argument("--k", type=int, default=3, help="demonstrations per prompt (default 3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of scenes and prompts (default 0)")
 
 
 @verb("demo", "print a clean, a corrupted and a zero-shot prompt (smoke test)", _demo_args)
@@ -109,7 +109,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="checkpoint folder (resumes from its state.pt)")
     p.add_argument("--minutes", type=float, default=None, help="stop after this many minutes (the schedule still spans --steps)")
     p.add_argument("--steps", type=_positive_int, default=None, help="optimizer steps (the schedule's length)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and the training stream (default 0)")
     p.add_argument("--quick", action="store_true", help="a ~1 minute run of a 2-layer model (tests, smoke)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a TrainConfig field (repeatable)")
 
@@ -160,7 +160,9 @@ def _run(a: argparse.Namespace) -> int:
         print("stage      seconds")
         for k, v in timings.items():
             print(f"{k:<10} {v:7.1f}")
-        print(f"{'total':<10} {sum(timings.values()):7.1f}\nreport: {Path(cfg.run.out) / 'report' / 'report.html'}")
+        print(f"{'total':<10} {sum(timings.values()):7.1f}")
+        if (Path(cfg.run.out) / "report" / "report.html").exists():
+            print(f"report: {Path(cfg.run.out) / 'report' / 'report.html'}")
     return 0
 
 
