@@ -67,8 +67,8 @@ def test_images_relative_to_image_dir(tmp_path):
 
 
 @pytest.mark.parametrize("line, expect", [
-    ("{not json", "not JSON"),
-    ("[1, 2]", "expected a JSON object, got list"),
+    ("{not json", "not a JSON object"),
+    ("[1, 2]", "expected a JSON object per line, got list"),
     ({"answer": "a", "relation": "r"}, "missing key 'query'"),
     ({"query": "q", "relation": "r"}, "missing key 'answer'"),
     ({"query": "q", "answer": "a"}, "missing key 'relation'"),

@@ -149,3 +149,20 @@ def as_tuple(value: Any, what: str) -> tuple[str, ...]:
     if isinstance(value, str):
         raise ValueError(f"{what} must be a list of names, got the string {value!r}")
     return tuple(value)
+
+
+def json_row(line: str, where: str, required: Sequence[str], what: str) -> dict[str, Any]:
+    """One line of a JSONL file as a dict with every ``required`` key; otherwise a one-line error
+    naming ``where`` (file:line) and what such a line holds (``what``, e.g. "a VSR row")."""
+    import json
+
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: not a JSON object ({e.msg}); the file holds one JSON object per line") from None
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: expected a JSON object per line, got {type(row).__name__}")
+    for key in required:
+        if key not in row:
+            raise ValueError(f"{where}: missing key {key!r} ({what} has {', '.join(required)})")
+    return row

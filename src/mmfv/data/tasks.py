@@ -79,15 +79,7 @@ def load_jsonl(files: PathLike | Sequence[PathLike], image_dir: PathLike | None 
 
 
 def _item(line: str, where: str, base: Path, check: bool) -> P.Item:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: not JSON ({e.msg}); a task file holds one JSON object per line") from None
-    if not isinstance(row, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
-    for key in REQUIRED:
-        if key not in row:
-            raise ValueError(f"{where}: missing key {key!r} (an item has {', '.join(REQUIRED)}; optional {', '.join(OPTIONAL)})")
+    row = S.json_row(line, where, REQUIRED, f"an item, optional {', '.join(OPTIONAL)};")
     extra = sorted(set(row) - set(REQUIRED) - set(OPTIONAL))
     if extra:
         raise ValueError(f"{where}: unknown key {extra[0]!r} (an item has {', '.join(REQUIRED)}; optional {', '.join(OPTIONAL)})")

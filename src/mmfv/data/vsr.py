@@ -39,7 +39,6 @@ splits are by caption and share images, so they are merged and re-split.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections import defaultdict
@@ -107,15 +106,7 @@ def load_rows(jsonl: PathLike | Sequence[PathLike]) -> list[dict[str, Any]]:
                 if not line.strip():
                     continue
                 where = f"{path}:{lineno}"
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{where}: not a JSON object ({e.msg}); VSR files hold one JSON object per line") from None
-                if not isinstance(row, dict):
-                    raise ValueError(f"{where}: expected a JSON object per line, got {type(row).__name__}")
-                for key in REQUIRED_KEYS:
-                    if key not in row:
-                        raise ValueError(f"{where}: missing key {key!r} (a VSR row has {', '.join(REQUIRED_KEYS)})")
+                row = S.json_row(line, where, REQUIRED_KEYS, "a VSR row")
                 for key in ("image", "caption", "relation"):
                     if not isinstance(row[key], str) or not row[key].strip():
                         raise ValueError(f"{where}: {key!r} must be a non-empty string, got {row[key]!r}")
