@@ -1,23 +1,27 @@
 """The pipeline's stages, in order. A stage is one module here with a ``STAGE`` object
-(:class:`mmfv.stages.base.Stage`); adding one is that file plus one line below. The runner, the CLI
-verbs, the config sections and the report all come from this list."""
+(:class:`mmfv.stages.base.Stage`); adding one is that file plus its name in :data:`MODULES` (one
+line). The runner, the CLI verbs, the config sections and the report all come from this list."""
 
 from __future__ import annotations
 
-from mmfv.stages import cma, compose, data, evaluate, finetune, icl, means, report, vectors
+from importlib import import_module
+
 from mmfv.stages.base import Context, ReportSection, Stage, StageSkipped
 
-STAGES: tuple[Stage, ...] = (
-    data.STAGE,
-    icl.STAGE,
-    means.STAGE,
-    cma.STAGE,
-    vectors.STAGE,
-    evaluate.STAGE,
-    finetune.STAGE,
-    compose.STAGE,
-    report.STAGE,
+MODULES: tuple[str, ...] = (
+    "data",
+    "icl",
+    "means",
+    "cma",
+    "vectors",
+    "evaluate",  # the eval stage
+    "finetune",
+    "compose",
+    "report",
 )
+"""The registry: the modules of this package that hold a stage (``STAGE``), in pipeline order."""
+
+STAGES: tuple[Stage, ...] = tuple(import_module(f"{__name__}.{m}").STAGE for m in MODULES)
 
 NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
 
