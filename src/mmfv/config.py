@@ -131,7 +131,8 @@ def _message(section: str, e: ValidationError) -> str:
 
 PROTOCOLS: dict[str, dict[str, dict[str, Any]]] = {
     "mmfv": {},
-    "fu2025": {"cma": {"shots": 4, "only_correct": True, "fv_bias": True}, "data": {"gqa_filters": "fu2025", "direction": "fu2025"}},
+    "fu2025": {"cma": {"shots": 4, "only_correct": True, "fv_bias": True}, "data": {"gqa_filters": "fu2025", "direction": "fu2025"},
+               "icl": {"shots": [0, 1, 2, 3, 4]}},
 }
 """Per protocol, the values its preset gives keys the config does not set (docs/protocols.md)."""
 
@@ -155,7 +156,19 @@ def from_dict(d: dict[str, Any]) -> Any:
             built[name] = secs[name].model_validate(body)
         except ValidationError as e:
             raise ConfigError(_message(name, e)) from None
-    return config_class()(**built)
+    cfg = config_class()(**built)
+    _check_across(cfg)
+    return cfg
+
+
+def _check_across(cfg: Any) -> None:
+    """Checks that join two sections."""
+    if cfg.run.protocol == "fu2025" and cfg.data.dataset == "synthetic":
+        k = max([*cfg.icl.shots, cfg.cma.shots])
+        if k > 4:
+            key = "icl.shots" if max(cfg.icl.shots) > 4 else "cma.shots"
+            raise ConfigError(f"config key {key}: {k} demonstrations, but the paper's corrupted prompts (protocol fu2025) rotate answers over "
+                              "the 4 cardinal relations: use at most 4")
 
 
 def load(path: str | Path | None) -> Any:
