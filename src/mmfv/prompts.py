@@ -50,8 +50,14 @@ class Item:
         if isinstance(src, Image.Image):
             return src
         if isinstance(src, (str, Path)):
-            with Image.open(src) as im:
-                return im.convert("RGB")
+            try:
+                with Image.open(src) as im:
+                    return im.convert("RGB")
+            except FileNotFoundError:
+                raise FileNotFoundError(f"image {src} of item {self.image_id!r} not found") from None
+            except Exception as e:  # noqa: BLE001 - PIL raises many kinds for a damaged file
+                raise ValueError(f"image {src} of item {self.image_id!r} is unreadable ({type(e).__name__}: "
+                                 f"{str(e).splitlines()[0] if str(e) else 'damaged'}): replace or remove it") from None
         return src.image
 
 

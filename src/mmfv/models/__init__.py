@@ -44,13 +44,59 @@ def load_model(name: str, dtype: str | None = None, device: str | None = None, d
         cfg = p / "config.json"
         if not cfg.exists():
             raise FileNotFoundError(f"{p} has no config.json: not a model folder")
-        with open(cfg) as f:
-            if json.load(f).get("model_type") == "mmfv_tiny":
-                return plain(TinyLMM.load(p))
+        from mmfv.io import read_json
+
+        meta = read_json(cfg, fix="restore the model folder (copy or download it again)")
+        if isinstance(meta, dict) and meta.get("model_type") == "mmfv_tiny":
+            return plain(TinyLMM.load(p))
         return _hf(str(p), dtype, device, device_map)
-    if p.exists() or name.startswith(("/", ".", "~")) or name.count("/") > 1:
+    return _hf(hub_id(name), dtype, device, device_map)
+
+
+def hub_id(name: str) -> str:
+    """``name`` (not a local folder) as a hub id, after one-line errors for what cannot be one: a
+    file, a missing folder, a malformed id, a model neither cached nor reachable."""
+    if Path(name).exists():
+        raise NotADirectoryError(f"model {name} is a file, not a model folder: pass the folder that holds config.json")
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1:
         raise FileNotFoundError(f"model folder {name} does not exist: use 'tiny', a model folder, or a hub id (owner/name)")
-    return _hf(name, dtype, device, device_map)
+    check_hub(name)
+    return name
+
+
+def _offline() -> bool:
+    import os
+
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+
+
+def check_hub(name: str) -> None:
+    """Fail at once, in one line, for a name that cannot be a hub id, or for a hub model that is not
+    in the local cache while the hub cannot be reached — instead of a minute of download retries.
+    Offline (HF_HUB_OFFLINE) nothing is tried: the HF loader reads the cache."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise ValueError(f"model {name!r} is not 'tiny', an existing model folder, openflamingo:<folder>, or a hub id (owner/name)") from None
+    if _offline() or isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")):
+        return  # through a proxy: only the download itself can tell
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=5).close()
+    except OSError as e:
+        raise ConnectionError(f"model {name!r} is not in the Hugging Face cache and {url.hostname} cannot be reached ({e.strerror or e}): "
+                              "connect, or download it where there is a network (HF_HOME), or set HF_HUB_OFFLINE=1") from None
 
 
 def _hf(name: str, dtype: str | None, device: str | None, device_map: str | None) -> LMM:
@@ -90,6 +136,8 @@ def fingerprint(name: str, max_hashed_bytes: int = 64 << 20) -> str:
             else:
                 h.update(str(st.st_mtime_ns).encode())
         return h.hexdigest()[:16]
+    if not name.startswith("openflamingo:"):
+        hub_id(name)
     try:
         from transformers.utils import cached_file
 
