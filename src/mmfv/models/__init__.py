@@ -74,8 +74,8 @@ def _offline() -> bool:
 
 def check_hub(name: str) -> None:
     """Fail at once, in one line, for a name that cannot be a hub id, or for a hub model that is not
-    in the local cache while the hub cannot be reached — instead of a minute of download retries.
-    Offline (HF_HUB_OFFLINE) nothing is tried: the HF loader reads the cache."""
+    in the local cache while offline (HF_HUB_OFFLINE) or while the hub cannot be reached — instead
+    of a minute of download retries."""
     import os
     import socket
     from urllib.parse import urlparse
@@ -87,8 +87,10 @@ def check_hub(name: str) -> None:
         validate_repo_id(name)
     except HFValidationError:
         raise ValueError(f"model {name!r} is not 'tiny', an existing model folder, openflamingo:<folder>, or a hub id (owner/name)") from None
-    if _offline() or isinstance(try_to_load_from_cache(name, "config.json"), str):
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
         return
+    if _offline():
+        raise FileNotFoundError(f"model {name!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is set: download it first, or unset HF_HUB_OFFLINE")
     if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")):
         return  # through a proxy: only the download itself can tell
     url = urlparse(constants.ENDPOINT)
