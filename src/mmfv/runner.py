@@ -220,16 +220,17 @@ def run(cfg: Any, out: str | Path | None = None, only: str | None = None, start:
     hashes = stage_hashes(cfg, S.STAGES, weights)
     with lock(out):
         _claim(cfg, out, force, weights, hashes)
+        for i, name in enumerate(todo):
+            missing = [n for n in S.get(name).needs if n not in cfg.run.use and n not in todo[:i] and _marker(out, n) != hashes[n]]
+            if missing:
+                raise RunError(f"stage {name} needs {', '.join(missing)} first: run without --only, or with --from {missing[0]}")
+        _setup_logging(out, quiet)
+        ctx = Context(cfg, out, Execution(not quiet, log))
+        log.info("mmfv %s run: model %s, config %s -> %s (%d process%s); stages: %s", __version__, cfg.model.name, cfg.hash(), out,
+                 dist.world(), "es" if dist.world() > 1 else "", " ".join(todo))
         timings: dict[str, float] = {}
         try:
-            for i, name in enumerate(todo):
-                missing = [n for n in S.get(name).needs if n not in cfg.run.use and n not in todo[:i] and _marker(out, n) != hashes[n]]
-                if missing:
-                    raise RunError(f"stage {name} needs {', '.join(missing)} first: run without --only, or with --from {missing[0]}")
-            _setup_logging(out, quiet)
-            ctx = Context(cfg, out, Execution(not quiet, log))
-            log.info("mmfv %s run: model %s, config %s -> %s (%d process%s); stages: %s", __version__, cfg.model.name, cfg.hash(), out,
-                     dist.world(), "es" if dist.world() > 1 else "", " ".join(todo))
+            # layers, heads, top_k against the loaded model: a bad value fails before the first stage
             check_stages(cfg, [n for n in todo if start or _marker(out, n) != hashes[n]], lambda: ctx.lmm)
             if start and dist.is_main():
                 for s in todo:
