@@ -107,3 +107,13 @@ def test_mmfv_run_end_to_end_on_a_gguf_text_model_with_task_files(tmp_path):
     assert len(ev["relations"]["swap"]["layer_sweep_test"]) == 2
     ft = json.loads((out / "finetune" / "results.json").read_text())
     assert set(ft["relations"]) == {"swap", "shape_of"} and json.loads((out / "run.json").read_text())["state"] == "partial"
+
+
+def test_first_token_collisions_count_answers_sharing_their_first_token():
+    lmm = cases.model("llama")
+    answers = ["red circle", "red square", "blue ring", "red circle", "green cross"]
+    first = {a: lmm.answer_token_id(a) for a in answers}
+    assert first["red circle"] == first["red square"] and len({first["blue ring"], first["green cross"], first["red circle"]}) == 3
+    got = lmm.first_token_collisions(answers)
+    assert (got["n_answers"], got["n_first_tokens"], got["collision_rate"]) == (4, 3, 0.5)
+    assert got["top"] == [[lmm.decode([first["red circle"]]), 2, ["red circle", "red square"]]]
