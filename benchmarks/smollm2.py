@@ -6,6 +6,9 @@
     python benchmarks/smollm2.py cma-equality RUN [--relation antonym] [--n 3]
         the fast CMA engine against the reference engine on the real model, on the first n corrupted
         prompts of the run's cma stage with the run's mean activations: max |Δ IE|, max |Δ AIE|, seconds
+    python benchmarks/smollm2.py fv RUN [--n-val 100] [--n-test 200] [--layer-step 3]
+        the eval stage's FV measurement at a CPU budget: layer chosen on val among every 3rd layer,
+        zero-shot with and without the vector on test, each query once
     python benchmarks/smollm2.py summary RUN
         the targets from a finished run's results (ICL curve, top heads, layer sweeps, fine-tuning)
 
@@ -84,6 +87,43 @@ def cma_equality(a: argparse.Namespace) -> dict:
     return res
 
 
+def fv(a: argparse.Namespace) -> dict:
+    """The eval stage's measurement at a CPU budget: zero-shot accuracy with each relation's vector,
+    the layer chosen on val among every ``--layer-step``-th layer, reported on test; the prompts are
+    the stage's own (same seed and query order), each query once (no cycling over a small split)."""
+    from mmfv import config as C
+    from mmfv import evaluate
+    from mmfv import prompts as P
+    from mmfv.models import load_model
+    from mmfv.vectors import FunctionVector
+
+    run = Path(a.run)
+    cfg = C.load(run / "config.toml")
+    torch.set_num_threads(a.threads)
+    lmm = load_model(cfg.model.name, cfg.model.dtype, cfg.model.device, cfg.model.device_map)
+    val, test = cfg.data.items(lmm, "val"), cfg.data.items(lmm, "test")
+    layers = list(range(0, lmm.n_layers, a.layer_step))
+    out = {"layers_swept": layers, "relations": {}}
+    for rel in a.relations or sorted(val):
+        vec = FunctionVector.load(run / "vectors" / f"{rel}.safetensors", lmm)
+        t0 = time.perf_counter()
+        zs_val = P.build("zero-shot", val[rel], val, 0, min(a.n_val, len(val[rel])), cfg.data.seed)
+        zs_test = P.build("zero-shot", test[rel], test, 0, min(a.n_test, len(test[rel])), cfg.data.seed)
+        sweep = evaluate.layer_sweep(lmm, zs_val, vec.vector, cfg.run.batch_size, layers)
+        best = layers[evaluate.best_layer(sweep)]
+        zs = evaluate.accuracy(lmm, zs_test, batch_size=cfg.run.batch_size)
+        with_fv = evaluate.accuracy(lmm, zs_test, vec.vector, best, cfg.run.batch_size)
+        r = out["relations"][rel] = {"n_val": len(zs_val), "n_test": len(zs_test), "val_sweep": dict(zip(layers, sweep)), "best_layer": best,
+                                     "zero_shot": zs["acc"], "zero_shot_ci95": zs["ci95"], "fv": with_fv["acc"], "fv_ci95": with_fv["ci95"],
+                                     "gain": round(with_fv["acc"] - zs["acc"], 4), "seconds": round(time.perf_counter() - t0, 1)}
+        print(f"{rel:16s} n_test {r['n_test']:3d}  zero-shot {r['zero_shot']:.3f} -> FV {r['fv']:.3f} ({r['gain']:+.3f}) at layer {best} "
+              f"(val n={r['n_val']}: " + " ".join(f"L{l} {x:.2f}" for l, x in r["val_sweep"].items()) + f")  {r['seconds']}s", flush=True)
+    gains = [r["gain"] for r in out["relations"].values()]
+    out["gain_mean"] = round(sum(gains) / len(gains), 4)
+    print(f"mean gain over {len(gains)} tasks: {out['gain_mean']:+.3f}")
+    return out
+
+
 def summary(a: argparse.Namespace) -> dict:
     run = Path(a.run)
     read = lambda s: json.loads((run / s / "results.json").read_text()) if (run / s / "results.json").exists() else None  # noqa: E731
@@ -140,12 +180,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=3)
     p.add_argument("--heads-per-batch", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
+    p = sub.add_parser("fv")
+    p.add_argument("run")
+    p.add_argument("--relations", nargs="*")
+    p.add_argument("--n-val", type=int, default=100)
+    p.add_argument("--n-test", type=int, default=200)
+    p.add_argument("--layer-step", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
     p = sub.add_parser("summary")
     p.add_argument("run")
     for p in sub.choices.values():
         p.add_argument("--json", help="also write the numbers here")
     a = ap.parse_args(argv)
-    res = {"collisions": collisions, "cma-equality": cma_equality, "summary": summary}[a.cmd](a)
+    res = {"collisions": collisions, "cma-equality": cma_equality, "fv": fv, "summary": summary}[a.cmd](a)
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1))
     return 0
