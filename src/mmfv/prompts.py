@@ -136,6 +136,10 @@ class Template:
 
 FLAMINGO = Template()
 
+TEXT = Template(demo="{image}Q: {query}\nA: {answer}{eoc}", query="{image}Q: {query}\nA:", eoc="\n\n")
+"""The plain text template of text-only language models: Todd et al. (2024)'s format, ``Q: hot\nA: cold\n\n``
+per demonstration, then ``Q: big\nA:`` (their default prefixes and separators); scored on `` small``."""
+
 FU2025 = Template(demo="{image}Q:{query}. A:{answer}.{eoc}\n", query="{image}Q:{query}. A:", answer_prefix="")
 """Fu et al. (2025)'s OpenFlamingo text: ``<image>Q:man. A:phone.<|endofchunk|>`` per demonstration,
 joined by newlines, then ``<image>Q:boy. A:`` (dataset/utils.py, ``construct_question``, flamingo

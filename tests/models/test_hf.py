@@ -29,11 +29,22 @@ def data():
     return cases.data()
 
 
-@pytest.fixture(scope="module", params=cases.HF)
-def fam(request):
-    lmm = cases.model(request.param)
-    prompts = cases.mixed_prompts(cases.data(request.param))
+def _family(name: str) -> types.SimpleNamespace:
+    lmm = cases.model(name)
+    prompts = cases.mixed_prompts(cases.data(name))
     return types.SimpleNamespace(lmm=lmm, prompts=prompts, batch=lmm.encode(prompts))
+
+
+@pytest.fixture(scope="module", params=cases.VLM)
+def fam(request):
+    """A vision-language family (the image placement and processor checks)."""
+    return _family(request.param)
+
+
+@pytest.fixture(scope="module", params=cases.HF)
+def anyfam(request):
+    """Any family, text-only ones included."""
+    return _family(request.param)
 
 
 def test_head_dim_is_read_from_the_attention_module():
@@ -116,8 +127,8 @@ def test_cross_head_vector_is_what_the_head_writes_into_the_residual(family, dat
     assert lmm.head_output_gate(0, "self") == 1.0
 
 
-def test_answer_token_is_the_first_token_written_after_the_prompt(fam):
-    lmm, batch = fam.lmm, fam.batch
+def test_answer_token_is_the_first_token_written_after_the_prompt(anyfam):
+    lmm, batch = anyfam.lmm, anyfam.batch
     p = batch.prompts[0]
     kw = lmm._text_kwargs
     prompt_ids = lmm.tok(lmm.render(p), **kw)["input_ids"]
@@ -177,7 +188,7 @@ def test_load_model_one_line_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no config.json"):
         load_model(str(tmp_path))
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
-    with pytest.raises(specs.UnsupportedModel, match="supported are gemma3, idefics,") as e:
+    with pytest.raises(specs.UnsupportedModel, match="supported are gemma3, gemma3_text, idefics,") as e:
         load_model(str(tmp_path))
     assert "\n" not in str(e.value)
     with pytest.raises(FileNotFoundError, match="does not exist"):

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from mmfv.models.base import LMM
 
 
 def load_model(name: str, dtype: str | None = None, device: str | None = None, device_map: str | None = None) -> LMM:
-    """``tiny`` (the shipped mmfv-tiny), an mmfv-tiny checkpoint folder, ``openflamingo:<folder>``, or a
-    Hugging Face vision-language model: a hub id (from the local HF cache when offline) or a local
-    folder with config.json, served by models/hf.py through the family's spec (models/specs)."""
+    """``tiny`` (the shipped mmfv-tiny), an mmfv-tiny checkpoint folder, ``openflamingo:<folder>``, a
+    Hugging Face vision-language or text-only model (a hub id, from the local HF cache when offline,
+    or a local folder with config.json), a GGUF file (``gguf:<path>`` or ``<path>.gguf``), or a named
+    packaged model (``smollm2-135m``); HF and GGUF models are served by models/hf.py through the
+    family's spec (models/specs)."""
+    from mmfv.models import gguf
     from mmfv.models.tiny.adapter import TinyLMM
 
     dtype = None if dtype in (None, "", "auto") else dtype
@@ -33,6 +37,8 @@ def load_model(name: str, dtype: str | None = None, device: str | None = None, d
         return OpenFlamingoLMM.load(name.split(":", 1)[1], dtype=dtype, device=device)
     if name in ("tiny", "mmfv-tiny"):
         return plain(TinyLMM.load("tiny"))
+    if gguf.is_gguf(name):
+        return gguf.load(name, dtype, device, device_map)
     p = Path(name)
     if p.is_dir() and (p / "openflamingo.json").exists():
         from mmfv.models.openflamingo import OpenFlamingoLMM
@@ -59,7 +65,8 @@ def hub_id(name: str) -> str:
     if Path(name).exists():
         raise NotADirectoryError(f"model {name} is a file, not a model folder: pass the folder that holds config.json")
     if name.startswith(("/", ".", "~")) or name.count("/") > 1:
-        raise FileNotFoundError(f"model folder {name} does not exist: use 'tiny', a model folder, or a hub id (owner/name)")
+        raise FileNotFoundError(f"model folder {name} does not exist: use 'tiny', a model folder, a hub id (owner/name), gguf:<file> "
+                                f"or {', '.join(_gguf_names())}")
     check_hub(name)
     return name
 
@@ -113,12 +120,29 @@ def fingerprint(name: str, max_hashed_bytes: int = 64 << 20) -> str:
     Run folders record it so that results of a changed model (e.g. a new mmfv-tiny release, a
     retrained checkpoint in the same folder) are never taken for finished. Local folders: every
     file's name and size, and its content hash (files up to ``max_hashed_bytes``) or mtime (larger
-    ones: a copy then only costs a re-run). Hub ids: the cached snapshot's commit, else the id.
+    ones: a copy then only costs a re-run). GGUF files (and named packaged models): the file's size
+    and content hash or mtime, by the same rule. Hub ids: the cached snapshot's commit, else the id.
     """
     import hashlib
 
+    from mmfv.models import gguf
     from mmfv.models.tiny.adapter import packaged_weights
 
+    def digest(h: Any, f: Path) -> None:
+        st = f.stat()
+        h.update(f"{st.st_size}\0".encode())
+        if st.st_size <= max_hashed_bytes:
+            h.update(hashlib.sha256(f.read_bytes()).digest())
+        else:
+            h.update(str(st.st_mtime_ns).encode())
+
+    if gguf.is_gguf(name):
+        f = gguf.path_of(name)
+        if not f.is_file():
+            raise FileNotFoundError(f"GGUF file {f} does not exist: give gguf:<path to a .gguf file>")
+        h = hashlib.sha256(b"gguf\0")
+        digest(h, f)
+        return h.hexdigest()[:16]
     if name in ("tiny", "mmfv-tiny"):
         folder = packaged_weights()
     elif name.startswith("openflamingo:"):
@@ -131,12 +155,8 @@ def fingerprint(name: str, max_hashed_bytes: int = 64 << 20) -> str:
     if folder.is_dir():
         h = hashlib.sha256()
         for f in sorted(p for p in folder.rglob("*") if p.is_file()):
-            st = f.stat()
-            h.update(f"{f.relative_to(folder)}\0{st.st_size}\0".encode())
-            if st.st_size <= max_hashed_bytes:
-                h.update(hashlib.sha256(f.read_bytes()).digest())
-            else:
-                h.update(str(st.st_mtime_ns).encode())
+            h.update(f"{f.relative_to(folder)}\0".encode())
+            digest(h, f)
         return h.hexdigest()[:16]
     if not name.startswith("openflamingo:"):
         hub_id(name)
@@ -147,3 +167,9 @@ def fingerprint(name: str, max_hashed_bytes: int = 64 << 20) -> str:
     except (OSError, ValueError):
         path = None
     return f"hub:{name}@{Path(path).parent.name}" if path else f"hub:{name}"
+
+
+def _gguf_names() -> tuple[str, ...]:
+    from mmfv.models import gguf
+
+    return tuple(gguf.NAMED)

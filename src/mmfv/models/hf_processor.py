@@ -41,12 +41,15 @@ def lenient_subprocessors() -> Iterator[None]:
         ProcessorMixin.check_argument_for_proper_class = orig
 
 
-def load_processor(name: str, spec: Spec) -> Any:
+def load_processor(name: str, spec: Spec, gguf_file: str | None = None) -> Any:
     """AutoProcessor, or (when a sub-processor cannot load, e.g. video without torchvision) the spec's
-    processor class built from its image processor and tokenizer with the rest left None."""
+    processor class built from its image processor and tokenizer with the rest left None. A
+    text-only family's processor is its tokenizer (from the GGUF file when ``gguf_file`` is given)."""
     import transformers
     from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
 
+    if not spec.images:
+        return AutoTokenizer.from_pretrained(name, **({"gguf_file": gguf_file} if gguf_file else {}))
     try:
         return AutoProcessor.from_pretrained(name)
     except (ImportError, ValueError, AttributeError, TypeError, OSError) as e:
