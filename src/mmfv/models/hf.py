@@ -24,7 +24,7 @@ refuses items with an image. Checkpoints come from a folder, the HF cache or a G
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from mmfv.models.base import LMM, Batch, FeatureCache, HeadSet, Prefix
-from mmfv.models.hf_processor import first_half, load_processor, process_one_image
+from mmfv.models.hf_processor import chat_text, first_half, load_processor, process_one_image
 from mmfv.models.hf_rows import merge_features as _merge
 from mmfv.models.hf_rows import repeat_cache as _repeat_cache
 from mmfv.models.hf_rows import repeat_rows as _repeat_rows
@@ -251,12 +251,26 @@ class HFLMM(LMM):
         several = sum(it.has_image for it in prompt.items) > 1
         return [self._image(it, several) for it in prompt.items if it.has_image]
 
+    protocols = ("mmfv", "fu2025")
+
+    def use_protocol(self, protocol: str) -> bool:
+        """``fu2025`` on a Qwen vision-language family: the paper's chat prompt (its system message, one
+        user turn of images and ``Q:x. A:y.`` lines, the generation prompt) through the processor's chat
+        template, the answer read right after ``A:``. Other families keep their template (returns False)."""
+        self._chat = protocol == "fu2025" and self.spec.family.startswith("qwen") and "vl" in self.spec.family
+        t = self.spec.template
+        self.template = replace(t, demo="{image}Q:{query}. A:{answer}.{eoc}", query="{image}Q:{query}. A:", eoc="\n", answer_prefix="") if self._chat else t
+        return protocol == "mmfv" or self._chat
+
+    def _text(self, prompt: Prompt) -> str:
+        return chat_text(self.processor, self.tok, prompt, self.model_id) if getattr(self, "_chat", False) else self.template.render(prompt)
+
     def render(self, prompt: Prompt) -> str:
         """The prompt's text with each image placeholder expanded as the processor does."""
         recs = self._records(prompt)
         if not recs:
-            return self.template.render(prompt)
-        parts = self.template.render(prompt).split(self.template.image_token)
+            return self._text(prompt)
+        parts = self._text(prompt).split(self.template.image_token)
         if len(parts) != len(recs) + 1:
             raise ValueError(f"template produced {len(parts) - 1} image placeholders for {len(recs)} images")
         return parts[0] + "".join(r.text + p for r, p in zip(recs, parts[1:]))
