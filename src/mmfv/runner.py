@@ -119,6 +119,10 @@ def _claim(cfg: Any, out: Path, force: bool, weights: str, hashes: dict[str, str
                         shutil.rmtree(out / name, ignore_errors=True)
     elif out.exists() and any(p.name not in _OURS for p in out.iterdir()) and not force:
         raise RunError(f"{out} is not empty and holds no mmfv run: choose another output folder or pass --force")
+
+
+def _start(cfg: Any, out: Path, weights: str) -> None:
+    """Mark the folder as this config's running run (after every refusal is behind us)."""
     if dist.is_main():
         out.mkdir(parents=True, exist_ok=True)
         _write_meta(out, cfg, weights, "running", provenance())
@@ -220,10 +224,11 @@ def run(cfg: Any, out: str | Path | None = None, only: str | None = None, start:
     hashes = stage_hashes(cfg, S.STAGES, weights)
     with lock(out):
         _claim(cfg, out, force, weights, hashes)
-        for i, name in enumerate(todo):
+        for i, name in enumerate(todo):  # refused before run.json says "running": it keeps its state
             missing = [n for n in S.get(name).needs if n not in cfg.run.use and n not in todo[:i] and _marker(out, n) != hashes[n]]
             if missing:
                 raise RunError(f"stage {name} needs {', '.join(missing)} first: run without --only, or with --from {missing[0]}")
+        _start(cfg, out, weights)
         _setup_logging(out, quiet)
         ctx = Context(cfg, out, Execution(not quiet, log))
         log.info("mmfv %s run: model %s, config %s -> %s (%d process%s); stages: %s", __version__, cfg.model.name, cfg.hash(), out,
