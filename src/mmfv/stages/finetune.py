@@ -45,7 +45,7 @@ def check(cfg: Any, lmm: Any) -> None:
 def run(ctx: Context) -> dict:
     import torch
 
-    from mmfv import evaluate, plots
+    from mmfv import evaluate
     from mmfv import vectors as V
     from mmfv.finetune import FinetuneSettings, finetune
     from mmfv.stages import vectors as VS
@@ -103,16 +103,33 @@ def run(ctx: Context) -> dict:
         ctx.ex.info("  %s: icl_best %.3f  fv %.3f  fv_tuned %.3f  fv_random_init %.3f", rel, r["icl_best"], r["fv"], r["fv_tuned"], r["fv_random_init"])
     rels = list(fvs)
     res["mean"] = {k: round(sum(res[r][k] for r in rels) / len(rels), 4) for k in ("icl_best", "fv", "fv_tuned", "fv_random_init")}
-    plots.curves({r: [res["relations"][r]["by_size"][str(n)]["fv_tuned"] for n in c.sizes] for r in rels}, list(c.sizes),
-                 "training prompts", "zero-shot accuracy with tuned FV (test)", "Fine-tuned FV vs ICL",
-                 out / "accuracy_vs_size.png", hlines={"ICL best (mean)": res["mean"]["icl_best"], "extracted FV (mean)": res["mean"]["fv"]},
-                 formats=H.FORMATS)
-    plots.curves({f"{r} n={c.headline_size}": [x["val_acc"] for x in res["relations"][r]["curves"][str(c.headline_size)]] for r in rels},
-                 list(range(1, c.epochs + 1)), "epoch", "val accuracy", "Fine-tuning learning curves", out / "learning_curves.png", formats=H.FORMATS)
+    draw(res, out)
     ctx.ex.info("fine-tuning (test): %s", res["mean"])
     out_json = {"model": lmm.model_id, "n_eval": c.n, **res}
     ctx.write("finetune", out_json)
     return out_json
+
+
+def draw(res: dict, out: Path) -> list[Path]:
+    """The stage's figures from its results (``res``: results.json's content) into ``out``: tuned-FV
+    accuracy by training size, and the val learning curves at the headline size. The stage and the
+    report both draw them, so a rebuilt report shows the current figure style."""
+    from mmfv import plots
+
+    rels, sizes, hs = list(res["relations"]), list(res.get("sizes", [])), res.get("headline_size")
+    paths = []
+    if sizes:
+        by = {r: [res["relations"][r]["by_size"][str(n)]["fv_tuned"] for n in sizes] for r in rels}
+        refs = {k: v for k, v in (("ICL best (mean)", res.get("mean", {}).get("icl_best")), ("extracted FV (mean)", res.get("mean", {}).get("fv")))
+                if v is not None}
+        paths.append(plots.curves(by, sizes, "training prompts", "zero-shot accuracy with tuned FV (test)", "Fine-tuned FV vs ICL",
+                                  out / "accuracy_vs_size.png", hlines=refs, formats=H.FORMATS).mmfv_path)
+    lc = {f"{r} n={hs}": [x["val_acc"] for x in res["relations"][r].get("curves", {}).get(str(hs), [])] for r in rels}
+    if any(lc.values()):
+        epochs = max(len(v) for v in lc.values())
+        paths.append(plots.curves(lc, list(range(1, epochs + 1)), "epoch", "val accuracy", "Fine-tuning learning curves", out / "learning_curves.png",
+                                  formats=H.FORMATS).mmfv_path)
+    return paths
 
 
 def best_icl(res: H.Results, rel: str) -> float | None:
@@ -190,7 +207,10 @@ def section(res: H.Results, out: Path) -> str:
     if any(icl_k.values()):
         ks = H.by_k(next(v for v in icl_k.values() if v))
         html += res.fold("ICL baselines by shots (test, 95% CI)", H.table(["relation", *[f"k={k}" for k in ks]], [[r, *[H.acc(icl_k[r].get(k), n) for k in ks]] for r in rels]))
-    figs = [H.img_file(d / n) for n in ("accuracy_vs_size.png", "learning_curves.png") if (d / n).exists()]
+    try:
+        figs = [H.img_file(p) for p in draw(ft, out)]
+    except (KeyError, TypeError, ValueError):  # results of an older layout: the stage's own figures
+        figs = [H.img_file(d / n) for n in ("accuracy_vs_size.png", "learning_curves.png") if (d / n).exists()]
     return html + (H.figs(figs) if figs else H.note("no fine-tuning figures in the folder"))
 
 
