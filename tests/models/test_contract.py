@@ -134,6 +134,62 @@ def test_fast_cma_equals_the_reference_engine(case):
         assert (fast - ref).abs().max() <= TOL, name
 
 
+def test_skip_cma_equals_the_reference_engine(case):
+    """The layer-skipping engine (rows join at their layer) against one full pass per head, every head set;
+    adapters without layer stepping run the fast engine under that name."""
+    lmm, items = case.lmm, case.items
+    corrupted = P.build("corrupted", items["left"], items, 2, 2, 5)
+    for name, hs in lmm.head_sets.items():
+        means, _ = cma.mean_activations(lmm, case.prompts, batch_size=8, head_set=name)
+        ref = torch.stack([cma.ie_reference(lmm, p, means, head_set=name) for p in corrupted])
+        for hpb in (3, hs.n_layers * hs.n_heads):  # chunks that start mid-stack, and one chunk of every head
+            skip = cma.ie_skip(lmm, corrupted, means, heads_per_batch=hpb, head_set=name)
+            assert skip.shape == ref.shape and (skip - ref).abs().max() <= TOL, (name, hpb)
+
+
+@torch.no_grad()
+def test_last_token_layer_by_layer_equals_last(case):
+    """LastSteps (where an adapter has them) runs the same computation as ``last``; last_logits is the
+    full forward's last position."""
+    lmm, batch = case.lmm, case.batch
+    assert (lmm.last_logits(batch) - lmm.forward(batch)[:, -1]).abs().max() <= TOL
+    pre = lmm.prefix(batch)
+    steps = lmm.last_steps(pre)
+    if steps is None:
+        pytest.skip(f"{case.name} runs the last token only as a whole")
+    for R in (1, 3):
+        h = steps.embed().repeat_interleave(R, 0)
+        for l in range(lmm.n_layers):
+            h = steps.layer(l, h, R)
+        assert (steps.logits(h) - lmm.last(pre, R)).abs().max() <= TOL, R
+
+
+def test_cached_injection_equals_a_hook_on_the_full_forward(case):
+    """A vector added after layer l at the last position: logits and the vector's gradient from the
+    prepared prefix and residual (only layers > l run) equal those of hooks.add_to_layer on a full pass."""
+    lmm, batch = case.lmm, case.batch
+    lmm.freeze()
+    g = torch.Generator().manual_seed(0)
+    vec = torch.randn(lmm.hidden_size, generator=g)
+    pre = lmm.prefix(batch)
+    res = lmm.last_residuals(pre)
+    assert sorted(res) == list(range(lmm.n_layers)) and res[0].shape == (batch.size, lmm.hidden_size)
+    for layer in range(lmm.n_layers):
+        v1 = vec.clone().requires_grad_(True)
+        with hooks.add_to_layer(lmm, layer, v1):
+            want = lmm.forward(batch)[:, -1]
+        torch.nn.functional.cross_entropy(want, batch.answer_ids).backward()
+        v2 = vec.clone().requires_grad_(True)
+        got = lmm.last_from(pre, layer, res[layer] + v2)
+        torch.nn.functional.cross_entropy(got, batch.answer_ids).backward()
+        assert (got - want).abs().max() <= TOL, layer
+        assert (v2.grad - v1.grad).abs().max() <= TOL, layer
+        two = lmm.last_from(pre, layer, (res[layer][:, None] + torch.stack([vec, -vec])[None]).flatten(0, 1), repeats=2)
+        with torch.no_grad(), hooks.add_to_layer(lmm, layer, -vec):
+            neg = lmm.forward(batch)[:, -1]
+        assert (two.view(batch.size, 2, -1) - torch.stack([want, neg], 1)).abs().max() <= TOL, layer
+
+
 @contextlib.contextmanager
 def _vision_runs(lmm: LMM, vision) -> Iterator[list[int]]:
     """Images the vision side encodes while inside (a hook on ``vision(lmm)``, or the HF adapter's

@@ -20,7 +20,8 @@ class CMASettings(Section):
     n_mean: PositiveInt = Field(100, description="clean prompts for the mean head activations")
     n_cma: PositiveInt = Field(25, description="corrupted prompts for the indirect effects")
     shots: PositiveInt = Field(5, description="demonstrations per prompt (clean and corrupted)")
-    engine: Literal["fast", "reference"] = Field("fast", description="fast: KV-cached last-token batches; reference: the published algorithm")
+    engine: Literal["fast", "skip", "reference"] = Field("fast", description="fast: KV-cached last-token batches; skip: fast, and each patched row "
+                                                        "runs only the layers from its own on (same IEs); reference: the published algorithm")
     metric: Literal["prob", "logprob", "logit_diff"] = Field("prob", description="what an indirect effect changes: P(answer), its log, or answer logit minus the best other")
     top_k: PositiveInt = Field(10, description="heads in a function vector")
     fv_bias: bool = Field(False, description="add the output projection's bias once per head to the vector (the paper's code does)")

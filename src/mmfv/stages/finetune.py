@@ -24,6 +24,8 @@ class FinetuneStageSettings(Section):
     search_layers: bool = Field(False, description="tune at each candidate layer (headline size) and keep the best on val; else the FV's own layer")
     layers: list[NonNegativeInt] = Field(default_factory=list, description="candidate layers for search_layers (empty: every layer)")
     batch_size: PositiveInt = Field(16, description="training prompts per step")
+    cached: bool = Field(False, description="cached injection: each training and val batch's prefix and last-token residuals computed once, "
+                                            "a step runs only the layers after the vector's (same method; float rounding differs, ~1e-6)")
     shots: list[PositiveInt] = Field(default_factory=lambda: list(range(1, 9)), description="ICL baselines: numbers of demonstrations")
     n: PositiveInt = Field(200, description="val / test prompts per relation")
 
@@ -45,7 +47,7 @@ def run(ctx: Context) -> dict:
     c, lmm, out, bs, seed = ctx.cfg.finetune, ctx.lmm, ctx.dir("finetune"), ctx.cfg.run.batch_size, ctx.seed
     fvs = VS.load(ctx.input("vectors"), ctx.relations, lmm)
     ev = ctx.results("eval")
-    settings = FinetuneSettings(epochs=c.epochs, lr=c.lr, schedule=c.schedule, batch_size=c.batch_size, seed=seed)
+    settings = FinetuneSettings(epochs=c.epochs, lr=c.lr, schedule=c.schedule, batch_size=c.batch_size, seed=seed, cached=c.cached)
     cands = (list(range(lmm.n_layers)) if not c.layers else list(c.layers)) if c.search_layers else []
     for l in cands:
         if not 0 <= l < lmm.n_layers:
