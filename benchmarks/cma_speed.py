@@ -5,7 +5,8 @@ Each timing is a warm-up run and then ``--repeats`` runs (at least 3); min and m
 Also printed: each engine's largest IE difference from the reference, and (unless ``--no-screen``)
 the attribution-patching screening estimate with its rank correlation to the exact AIE (an
 estimate, not exact). Last line:
-``cma skip/fast <x>x, skip/floor <y>x, reference/skip <z>x, max abs AIE diff <e>`` (medians).
+``cma skip/fast <x>x (cpu ...), skip/floor <y>x (cpu ...), reference/skip <z>x, max abs AIE diff <e>``
+(medians of wall-clock and of CPU time).
 
     python benchmarks/cma_speed.py [--model tiny] [--relation left] [--n-cma 8] [--shots 5] [--repeats 3]
     python benchmarks/cma_speed.py --model smolvlm-256m-random --n-mean 4 --n-cma 2 --shots 4 --no-screen
@@ -18,9 +19,8 @@ feature cache; the line ``vision tower`` shows each image is encoded once howeve
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
@@ -29,21 +29,12 @@ from mmfv import prompts as P
 from mmfv import relations as R
 from mmfv.settings import DataSettings
 
-try:
-    from real_size import load  # run as a script: benchmarks/ is on sys.path
+try:  # run as a script: benchmarks/ is on sys.path
+    from real_size import load
+    from timing import timed
 except ImportError:  # imported as benchmarks.cma_speed
     from benchmarks.real_size import load
-
-
-def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, float, Any]:
-    """(min, median) seconds of ``repeats`` runs after one warm-up run, and the last result."""
-    out = fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), statistics.median(times), out
+    from benchmarks.timing import timed
 
 
 def main() -> None:
@@ -97,24 +88,25 @@ def main() -> None:
 
     rows = {name: timed(engine(name), a.repeats) for name in ("reference", "fast", "skip")}
     rows["floor (prefix only)"] = timed(floor, a.repeats)
-    ref = rows["reference"][2]
-    fast_med, floor_med = rows["fast"][1], rows["floor (prefix only)"][1]
-    print(f"{'':<20} {'min s':>8} {'median s':>9} {'/ fast':>7} {'/ floor':>8}  max |IE - reference|")
-    for name, (lo, med, out) in rows.items():
+    ref = rows["reference"][1]
+    fast, flo = rows["fast"][0], rows["floor (prefix only)"][0]
+    print(f"{'':<20} {'wall min s':>10} {'median s':>9} {'cpu s':>8} {'/ fast':>7} {'/ floor':>8} {'cpu / fast':>11} {'cpu / floor':>12}  max |IE - reference|")
+    for name, (t, out) in rows.items():
         diff = f"{float((out - ref).abs().max()):.2e}" if isinstance(out, torch.Tensor) else ""
-        print(f"{name:<20} {lo:8.3f} {med:9.3f} {med / fast_med:7.2f} {med / floor_med:8.2f}  {diff}")
+        print(f"{name:<20} {t.min:10.3f} {t.median:9.3f} {t.cpu_median:8.3f} {t.median / fast.median:7.2f} {t.median / flo.median:8.2f} "
+              f"{t.cpu_median / fast.cpu_median:11.2f} {t.cpu_median / flo.cpu_median:12.2f}  {diff}")
     print(f"(reference: {a.n_cma * (1 + L * H)} full passes, batch 1; fast: KV cache of T-1 positions, {a.heads_per_batch} heads per "
           f"last-token batch through all {L} layers; skip: each row from its own layer on)")
     if counting:
         print(f"vision tower: {n_warm} runs ({t_img:.2f}s) to encode the corrupted prompts' images, {len(calls) - n_warm} during all engines")
     if not a.no_screen:
-        t_ap, _, est = timed(lambda: cma.attribution_patching(lmm, corrupt, means), a.repeats)
+        t_ap, est = timed(lambda: cma.attribution_patching(lmm, corrupt, means), a.repeats)
         rho = cma.spearman(est.mean(0), ref.mean(0))
-        print(f"attribution patching (screening estimate, not exact): min {t_ap:.2f}s, Spearman rho vs exact AIE {rho:.3f}")
-    skip = rows["skip"]
-    diff = max(float((rows[e][2].mean(0) - ref.mean(0)).abs().max()) for e in ("fast", "skip"))
-    print(f"cma skip/fast {skip[1] / fast_med:.2f}x, skip/floor {skip[1] / floor_med:.2f}x, reference/skip {rows['reference'][1] / skip[1]:.1f}x, "
-          f"max abs AIE diff {diff:.2e}")
+        print(f"attribution patching (screening estimate, not exact): median {t_ap.median:.2f}s, Spearman rho vs exact AIE {rho:.3f}")
+    skip = rows["skip"][0]
+    diff = max(float((rows[e][1].mean(0) - ref.mean(0)).abs().max()) for e in ("fast", "skip"))
+    print(f"cma skip/fast {skip.median / fast.median:.2f}x (cpu {skip.cpu_median / fast.cpu_median:.2f}x), skip/floor {skip.median / flo.median:.2f}x "
+          f"(cpu {skip.cpu_median / flo.cpu_median:.2f}x), reference/skip {rows['reference'][0].median / skip.median:.1f}x, max abs AIE diff {diff:.2e}")
 
 
 if __name__ == "__main__":

@@ -4,21 +4,20 @@ prompt batch's prefix and last-token residuals computed once, only the layers af
 layer run), side by side in one process on one small config.
 
 Each timing is a warm-up run and then ``--repeats`` runs (at least 3), the two paths alternating;
-min and median are printed, and the ratio reference / cached of the medians. Also timed: the layer
+min and median wall-clock seconds and the median CPU seconds are printed, and the ratios reference /
+cached of the medians (wall and CPU: on a shared machine the CPU ratio is the steadier one). Also timed: the layer
 choices alone (composed vectors' layer sweeps and the analogies' layer choice, on val) and one
 fine-tuning call. ``same results`` compares the two paths' results.json (eval, compose: equal
 bytes expected; finetune: cached training rounds differently, ~1e-6 in the vector).
 
-    python benchmarks/pipeline_speed.py [--model tiny] [--repeats 3] [--n 60] [--epochs 8]
+    python benchmarks/pipeline_speed.py [--model tiny] [--repeats 3] [--n 60] [--epochs 8] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
-import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,6 +35,11 @@ from mmfv.stages import get
 from mmfv.stages.base import Context
 from mmfv.stages.vectors import load as load_vectors
 
+try:  # run as a script: benchmarks/ is on sys.path
+    from timing import Timing, timed_pair
+except ImportError:  # imported as benchmarks.pipeline_speed
+    from benchmarks.timing import Timing, timed_pair
+
 STAGES = ("eval", "finetune", "compose")
 
 
@@ -52,21 +56,9 @@ def small_config(model: str, n: int, epochs: int, cached: bool) -> Any:
     })
 
 
-def timed_pair(ref: Callable[[], Any], cached: Callable[[], Any], repeats: int) -> tuple[list[float], list[float]]:
-    """Seconds of ``repeats`` runs of each, alternating, after one warm-up run of each."""
-    ref(), cached()
-    tr, tc = [], []
-    for _ in range(repeats):
-        for fn, acc in ((ref, tr), (cached, tc)):
-            t0 = time.perf_counter()
-            fn()
-            acc.append(time.perf_counter() - t0)
-    return tr, tc
-
-
-def line(name: str, tr: list[float], tc: list[float], same: str = "") -> None:
-    mr, mc = statistics.median(tr), statistics.median(tc)
-    print(f"{name:<42} {min(tr):8.2f} {mr:8.2f}   {min(tc):8.2f} {mc:8.2f}   {mr / mc:6.1f}x   {same}")
+def line(name: str, tr: Timing, tc: Timing, same: str = "") -> None:
+    print(f"{name:<40} {tr.min:8.2f} {tr.median:8.2f} {tr.cpu_median:8.2f}   {tc.min:8.2f} {tc.median:8.2f} {tc.cpu_median:8.2f}   "
+          f"{tr.median / tc.median:6.1f}x {tr.cpu_median / tc.cpu_median:6.1f}x   {same}")
 
 
 def main() -> None:
@@ -93,8 +85,8 @@ def main() -> None:
             ctxs[c]._lmm = lmm = lmm or ctxs[c].lmm  # one model for both paths
         print(f"model {lmm.model_id}; n = {a.n} prompts per relation and split, fine-tuning sizes 25/50 x {a.epochs} epochs; "
               f"warm-up + {a.repeats} runs per path, torch threads {a.threads}")
-        print(f"{'':<42} {'reference s':>17}   {'cached s':>17}   {'ratio':>7}")
-        print(f"{'':<42} {'min':>8} {'median':>8}   {'min':>8} {'median':>8}   {'(median)':>7}   same results")
+        print(f"{'':<40} {'reference path (s)':>26}   {'cached injection (s)':>26}   {'reference / cached':>14}")
+        print(f"{'':<40} {'min':>8} {'median':>8} {'cpu':>8}   {'min':>8} {'median':>8} {'cpu':>8}   {'median':>7} {'cpu':>6}   same results")
 
         def stage_fn(name: str, c: bool) -> Callable[[], Any]:
             def run() -> Any:

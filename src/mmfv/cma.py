@@ -170,11 +170,12 @@ def ie_skip(lmm: LMM, prompts: Sequence[Prompt], means: torch.Tensor, heads_per_
     """IE (N, L, H) as :func:`ie_fast` computes it, running fewer layers: a row patching a head of
     layer l runs the decoder layers from the one holding it (:meth:`LMM.decoder_layer_of`) on.
 
-    The unpatched last token runs once layer by layer (:meth:`LMM.last_steps`), keeping each decoder
-    layer's input; each chunk of ``heads_per_batch`` (layer, head) pairs then starts at its lowest
-    layer, and a pair's row joins the batch (row-major per prompt, in chunk order) at its own layer
-    with that layer's unpatched input. Adapters without layer stepping, or head sets whose decoder
-    layers are unknown, get :func:`ie_fast`."""
+    The last token runs layer by layer (:meth:`LMM.last_steps`). The first chunk of ``heads_per_batch``
+    (layer, head) pairs carries the unpatched token as row 0 of each prompt's block from layer 0 on,
+    and the inputs it meets at each layer are kept; a pair's row joins the batch (row-major per
+    prompt, in chunk order) at its own layer with that layer's unpatched input, and later chunks start
+    at their lowest layer. Adapters without layer stepping, or head sets whose decoder layers are
+    unknown, get :func:`ie_fast`."""
     m = metric_fn(metric)
     L, H, _ = means.shape
     batch = lmm.encode(prompts)
@@ -184,34 +185,36 @@ def ie_skip(lmm: LMM, prompts: Sequence[Prompt], means: torch.Tensor, heads_per_
     if steps is None or None in join or join != sorted(join):
         return _ie_fast(lmm, batch, pre, means, heads_per_batch, head_set, m)
     N, ans, n_dec = batch.size, batch.answer_ids, lmm.n_layers
-    inputs = []  # inputs[j] (N, D): the unpatched last token's input to decoder layer j
-    h = steps.embed()
-    for j in range(n_dec):
-        inputs.append(h)
-        h = steps.layer(j, h)
-    p_c = m(steps.logits(h), ans)  # (N,)
-    D = h.shape[-1]
+    inputs: list[torch.Tensor] = []  # inputs[j] (N, D): the unpatched last token's input to decoder layer j
     pairs = _all_heads(L, H)
     ie = torch.zeros(N, L * H)
+    p_c = None
     for start in range(0, len(pairs), heads_per_batch):
         chunk = pairs[start : start + heads_per_batch]  # (R, 2), layer-major
         R = len(chunk)
+        base = int(start == 0)  # the first chunk carries the unpatched row
         dl = torch.tensor([join[l] for l in chunk[:, 0].tolist()])  # (R,) decoder layer where each row joins
-        upto = [int((dl <= j).sum()) for j in range(n_dec)]  # rows per prompt in the batch at decoder layer j
+        upto = [base + int((dl <= j).sum()) for j in range(n_dec)]  # rows per prompt in the batch at decoder layer j
         patches = {}
         for l in chunk[:, 0].unique().tolist():
-            sel = (chunk[:, 0] == l).nonzero().flatten()  # chunk positions = row positions within each prompt's block
-            rows = (torch.arange(N)[:, None] * upto[join[l]] + sel[None]).flatten()
+            sel = (chunk[:, 0] == l).nonzero().flatten()  # positions in the chunk = row positions in each block after the unpatched row
+            rows = (torch.arange(N)[:, None] * upto[join[l]] + base + sel[None]).flatten()
             heads = chunk[sel, 1].repeat(N)
             patches[l] = (rows, heads, means[l, heads])
-        x = inputs[0].new_zeros(N, 0, D)  # (N, rows so far, D)
+        x = steps.embed()[:, None]  # (N, rows so far, D)
+        if not base:
+            x = x[:, :0]
         with hooks.patch_heads(lmm, patches, head_set=head_set):
-            for j in range(int(dl.min()), n_dec):
+            for j in range(0 if base else int(dl.min()), n_dec):
+                if base:
+                    inputs.append(x[:, 0])
                 if upto[j] > x.shape[1]:  # rows joining at layer j enter with its unpatched input
-                    x = torch.cat([x, inputs[j][:, None].expand(N, upto[j] - x.shape[1], D)], dim=1)
-                x = steps.layer(j, x.reshape(-1, D), x.shape[1]).reshape(N, -1, D)
-        logits = steps.logits(x.reshape(-1, D))  # (N*R, V)
-        p = m(logits, ans.repeat_interleave(R)).view(N, R)
+                    x = torch.cat([x, inputs[j][:, None].expand(-1, upto[j] - x.shape[1], -1)], dim=1)
+                x = steps.layer(j, x.flatten(0, 1), x.shape[1]).unflatten(0, (N, -1))
+        logits = steps.logits(x.flatten(0, 1)).unflatten(0, (N, -1))  # (N, base + R, V)
+        if base:
+            p_c = m(logits[:, 0], ans)  # (N,)
+        p = m(logits[:, base:].flatten(0, 1), ans.repeat_interleave(R)).view(N, R)
         ie[:, start : start + R] = p - p_c[:, None]
     return ie.view(N, L, H)
 
