@@ -277,7 +277,15 @@ def indirect_effects(
     if any(p.kind != "corrupted" for p in corrupted_prompts):
         raise ValueError("CMA measures effects on corrupted prompts: build them with kind='corrupted'")
     metric_fn(metric)
+    for name, v in (("batch_size", batch_size), ("heads_per_batch", heads_per_batch)):
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if head_set not in lmm.head_sets:
+        raise ValueError(f"{lmm.model_id} has no {head_set!r} heads (it has {', '.join(lmm.head_sets)})")
     hs = lmm.head_sets[head_set]
+    if tuple(means.shape) != (hs.n_layers, hs.n_heads, hs.head_dim):
+        raise ValueError(f"means of shape {tuple(means.shape)} do not fit {lmm.model_id}'s {head_set} heads "
+                         f"({hs.n_layers}, {hs.n_heads}, {hs.head_dim}): compute them with this model")
 
     def chunk(s: int, e: int) -> torch.Tensor:
         if engine == "fast":

@@ -48,8 +48,12 @@ def predictions(
     def run(lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
         batch = lmm.encode(prompts[lo:hi])
         with (context(batch.size) if context else nullcontext()):
-            pred = lmm.predict(batch)
-        return pred, batch.answer_ids
+            logits = lmm.last_logits(batch)  # (B, V)
+        if not torch.isfinite(logits).all():  # argmax of NaN is an arbitrary token: never score it
+            raise ValueError(f"the model's logits are NaN or infinite on prompts {lo}..{hi - 1}" + (
+                " with the vector added: its norm is too large for the model's dtype (scale it down)" if context else
+                ": check the model's dtype and inputs"))
+        return logits.argmax(-1), batch.answer_ids
 
     return ex.map_batches(run, len(prompts), batch_size, "eval", [(torch.long, ()), (torch.long, ())])
 
@@ -171,7 +175,11 @@ def _correct_cached(lmm: LMM, prompts: Sequence[Prompt], vector: torch.Tensor, l
     @torch.no_grad()
     def run(lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
         stem = stems.get(prompts[lo:hi])
-        return stem.logits(lmm, layer, vector, scale).argmax(-1), stem.batch.answer_ids
+        logits = stem.logits(lmm, layer, vector, scale)  # (B, V)
+        if not torch.isfinite(logits).all():  # as predictions(): argmax of NaN is an arbitrary token
+            raise ValueError(f"the model's logits are NaN or infinite on prompts {lo}..{hi - 1} with the vector added: "
+                             "its norm is too large for the model's dtype (scale it down)")
+        return logits.argmax(-1), stem.batch.answer_ids
 
     pred, ans = ex.map_batches(run, len(prompts), batch_size, "eval", [(torch.long, ()), (torch.long, ())])
     return pred == ans

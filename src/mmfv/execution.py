@@ -126,6 +126,8 @@ class Execution:
     @staticmethod
     def _batches(n: int, batch_size: int) -> list[tuple[int, int]]:
         """This process's whole batches: batch j of the n items goes to rank j % world."""
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         starts = list(range(0, n, batch_size))
         return [(starts[j], min(starts[j] + batch_size, n)) for j in dist.shard(len(starts))]
 

@@ -77,6 +77,10 @@ def finetune(
         raise ValueError(f"training set has {len(train)} prompts; at least {settings.min_train} are needed")
     if not val:
         raise ValueError("validation set is empty: the epoch must be chosen on val, never on test")
+    if not (isinstance(settings.epochs, int) and settings.epochs >= 1 and isinstance(settings.batch_size, int) and settings.batch_size >= 1):
+        raise ValueError(f"epochs and batch_size must be positive integers, got {settings.epochs!r} and {settings.batch_size!r}")
+    if not 0 < settings.lr < math.inf:
+        raise ValueError(f"learning rate must be a positive number, got {settings.lr!r}")
     if settings.schedule not in ("cosine", "constant"):
         raise ValueError(f"unknown schedule {settings.schedule!r}: choose cosine or constant")
     if init.shape != (lmm.hidden_size,):

@@ -68,13 +68,13 @@ def write_csv(path: str | os.PathLike, rows: list[dict[str, Any]]) -> Path:
     return write_bytes(path, buf.getvalue().encode())
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    """The JSON in ``path``; a damaged file raises one line naming it and what to do."""
+def read_json(path: str | os.PathLike, fix: str = "delete it and rerun the stage that writes it") -> Any:
+    """The JSON in ``path``; a damaged file raises one line naming it and what to do (``fix``)."""
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is damaged ({type(e).__name__}: {str(e).splitlines()[0]}): delete it and rerun the stage that writes it") from None
+        raise ValueError(f"{path} is damaged ({type(e).__name__}: {str(e).splitlines()[0]}): {fix}") from None
 
 
 def safetensors_bytes(tensors: dict, metadata: dict[str, str] | None = None) -> bytes:

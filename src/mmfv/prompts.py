@@ -50,8 +50,14 @@ class Item:
         if isinstance(src, Image.Image):
             return src
         if isinstance(src, (str, Path)):
-            with Image.open(src) as im:
-                return im.convert("RGB")
+            try:
+                with Image.open(src) as im:
+                    return im.convert("RGB")
+            except FileNotFoundError:
+                raise FileNotFoundError(f"image {src} of item {self.image_id!r} not found") from None
+            except Exception as e:  # noqa: BLE001 - PIL raises many kinds for a damaged file
+                raise ValueError(f"image {src} of item {self.image_id!r} is unreadable ({type(e).__name__}: "
+                                 f"{str(e).splitlines()[0] if str(e) else 'damaged'}): replace or remove it") from None
         return src.image
 
 
@@ -129,6 +135,10 @@ class Template:
 
 
 FLAMINGO = Template()
+
+TEXT = Template(demo="{image}Q: {query}\nA: {answer}{eoc}", query="{image}Q: {query}\nA:", eoc="\n\n")
+"""The plain text template of text-only language models: Todd et al. (2024)'s format, ``Q: hot\nA: cold\n\n``
+per demonstration, then ``Q: big\nA:`` (their default prefixes and separators); scored on `` small``."""
 
 FU2025 = Template(demo="{image}Q:{query}. A:{answer}.{eoc}\n", query="{image}Q:{query}. A:", answer_prefix="")
 """Fu et al. (2025)'s OpenFlamingo text: ``<image>Q:man. A:phone.<|endofchunk|>`` per demonstration,

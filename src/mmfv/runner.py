@@ -89,7 +89,7 @@ def lock(out: Path) -> Iterator[None]:
         owner = (out / ".lock.owner").read_text().strip() if (out / ".lock.owner").exists() else "another process"
         raise RunError(f"{out} is in use by {owner}: wait for it to finish, or choose another output folder") from None
     try:
-        (out / ".lock.owner").write_text(f"mmfv run (pid {os.getpid()})\n")
+        write_bytes(out / ".lock.owner", f"mmfv run (pid {os.getpid()})\n".encode())
         yield
     finally:
         (out / ".lock.owner").unlink(missing_ok=True)
@@ -160,7 +160,29 @@ def _write_meta(out: Path, cfg: Any, weights: str, state: str, prov: dict | None
 
 def _marker(out: Path, stage: str) -> str | None:
     p = out / stage / ".done"
-    return p.read_text().strip() if p.exists() else None
+    return p.read_bytes().decode(errors="replace").strip() if p.exists() else None  # a damaged marker: unfinished
+
+
+# --- checks before any work -------------------------------------------------------------------
+def check_use(cfg: Any) -> None:
+    """Every folder ``run.use`` names holds that stage's results."""
+    S = _stages()
+    for name, folder in cfg.run.use.items():
+        if name not in S.NAMES:
+            raise RunError(f"config key run.use: unknown stage {name!r}; stages are {', '.join(S.NAMES)}")
+        if not (Path(folder) / "results.json").exists():
+            raise RunError(f"config key run.use: {folder} holds no {name} results (results.json): run that stage there first")
+
+
+def check_stages(cfg: Any, names: list[str], lmm: Any) -> None:
+    """The model-dependent checks (``Stage.check``: layers, head counts, top_k against the model's
+    depth and heads) of the stages ``names``; ``lmm()`` loads the model, only if some stage checks."""
+    S = _stages()
+    checks = list(dict.fromkeys(S.get(n).check for n in names if S.get(n).check is not None))
+    if checks:
+        model = lmm()
+        for check in checks:
+            check(cfg, model)
 
 
 # --- running -----------------------------------------------------------------------------------
@@ -188,11 +210,7 @@ def run(cfg: Any, out: str | Path | None = None, only: str | None = None, start:
     S = _stages()
     out = Path(out or cfg.run.out)
     todo = plan(only, start, until, cfg.run.use)
-    for name, folder in cfg.run.use.items():
-        if name not in S.NAMES:
-            raise RunError(f"config key run.use: unknown stage {name!r}; stages are {', '.join(S.NAMES)}")
-        if not (Path(folder) / "results.json").exists():
-            raise RunError(f"config key run.use: {folder} holds no {name} results (results.json): run that stage there first")
+    check_use(cfg)
     dist.init()
     if cfg.run.threads:
         import torch
@@ -210,12 +228,14 @@ def run(cfg: Any, out: str | Path | None = None, only: str | None = None, start:
         ctx = Context(cfg, out, Execution(not quiet, log))
         log.info("mmfv %s run: model %s, config %s -> %s (%d process%s); stages: %s", __version__, cfg.model.name, cfg.hash(), out,
                  dist.world(), "es" if dist.world() > 1 else "", " ".join(todo))
-        if start and dist.is_main():
-            for s in todo:
-                (out / s / ".done").unlink(missing_ok=True)
-        dist.barrier()
         timings: dict[str, float] = {}
         try:
+            # layers, heads, top_k against the loaded model: a bad value fails before the first stage
+            check_stages(cfg, [n for n in todo if start or _marker(out, n) != hashes[n]], lambda: ctx.lmm)
+            if start and dist.is_main():
+                for s in todo:
+                    (out / s / ".done").unlink(missing_ok=True)
+            dist.barrier()
             for name in todo:
                 st = S.get(name)
                 if _marker(out, name) == hashes[name]:

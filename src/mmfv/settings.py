@@ -7,9 +7,9 @@ and how the run executes. :mod:`mmfv.config` assembles them into the run's ``Con
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mmfv import relations as R
 
@@ -19,6 +19,26 @@ class Section(BaseModel):
     frozen, so a settings object cannot drift from what was hashed."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+MAX_COUNT = 10**7
+"""Upper bound of every count in a config (prompts, scenes, heads, epochs, sizes, batch sizes):
+more is a typo, and would hang the run instead of failing."""
+MAX_SHOTS = 1000
+"""Upper bound of demonstrations per prompt: no model reads a longer context."""
+
+Count = Annotated[int, Field(gt=0, le=MAX_COUNT)]
+"""A positive count (prompts, scenes, heads, epochs, sizes, batch sizes)."""
+Index = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+"""A layer number (checked against the model's depth once it is loaded)."""
+Shots = Annotated[int, Field(ge=0, le=MAX_SHOTS)]
+"""Demonstrations per prompt, 0 (zero-shot) allowed."""
+Demos = Annotated[int, Field(gt=0, le=MAX_SHOTS)]
+"""Demonstrations per prompt, at least one."""
+Rate = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+"""A positive, finite number (learning rates, weights)."""
+Seed = Annotated[int, Field(ge=-(2**63), lt=2**63)]
+"""A seed torch's generators accept."""
 
 
 def fail(key: str, text: str) -> ValueError:
@@ -55,11 +75,11 @@ class DataSettings(Section):
     (by query for text-only items) into eval/train/val/test, leak-free."""
 
     dataset: Literal["synthetic", "gqa", "vsr", "tasks"] = Field("synthetic", description="where items come from: synthetic, gqa, vsr or tasks")
-    seed: int = Field(0, description="seed of scenes, splits and prompts")
-    eval_scenes: PositiveInt = Field(1000, description="synthetic scenes of the eval split (means, CMA)")
-    train_scenes: PositiveInt = Field(1500, description="synthetic scenes of the train split (fine-tuning)")
-    val_scenes: PositiveInt = Field(600, description="synthetic scenes of the val split (every choice: layers, epochs, weights)")
-    test_scenes: PositiveInt = Field(1000, description="synthetic scenes of the test split (every reported number)")
+    seed: Seed = Field(0, description="seed of scenes, splits and prompts")
+    eval_scenes: Count = Field(1000, description="synthetic scenes of the eval split (means, CMA)")
+    train_scenes: Count = Field(1500, description="synthetic scenes of the train split (fine-tuning)")
+    val_scenes: Count = Field(600, description="synthetic scenes of the val split (every choice: layers, epochs, weights)")
+    test_scenes: Count = Field(1000, description="synthetic scenes of the test split (every reported number)")
     relations: list[str] | str = Field(default_factory=lambda: list(R.CARDINAL),
                                        description="relations to build vectors for; gqa: also a preset (cardinal, spatial, agentic, fu2025_spatial); tasks: [] = every relation in the files")
     files: list[str] = Field(default_factory=list, description="gqa: scene-graph or processed JSON files; vsr: JSONL files; tasks: JSONL (or Todd et al.'s .json) files")
@@ -157,7 +177,7 @@ class RunSettings(Section):
     """How a run executes; ``out`` and ``threads`` do not change results (not hashed)."""
 
     out: str = Field("runs/default", description="results folder")
-    batch_size: PositiveInt = Field(64, description="prompts per forward pass when scoring")
-    threads: NonNegativeInt = Field(0, description="CPU threads (0: torch's default)")
+    batch_size: Count = Field(64, description="prompts per forward pass when scoring")
+    threads: Annotated[int, Field(ge=0, le=4096)] = Field(0, description="CPU threads (0: torch's default)")
     use: dict[str, str] = Field(default_factory=dict, description="stage -> folder: read that stage's results from another run instead of computing them")
     protocol: Literal["mmfv", "fu2025"] = Field("mmfv", description="mmfv (ours) or fu2025: the paper's released protocol (docs/protocols.md)")

@@ -19,6 +19,8 @@ TOL = 1e-5  # max |Δ| between two paths that compute the same logits or IEs, in
 SCENE = SceneConfig(grid=3, cell_px=16)  # 48 px scenes: the OpenFlamingo and HF test models take them
 RELS = ("above", "below", "left", "right")
 HF = tuple(specs.supported())
+TEXT = tuple(s.family for s in specs.SPECS if not s.images)  # text-only families: their test items have no image
+VLM = tuple(f for f in HF if f not in TEXT)
 NAMES = ("mmfv-tiny", "openflamingo", *HF)
 
 
@@ -45,8 +47,13 @@ def scene(name: str = "") -> SceneConfig:
 
 @functools.cache
 def data(name: str = "") -> dict:
-    """Synthetic test items, by relation, in the scenes model ``name`` takes (default :data:`SCENE`)."""
-    return synthetic.items("test", 40, RELS, seed=0, config=scene(name))
+    """Synthetic test items, by relation, in the scenes model ``name`` takes (default :data:`SCENE`);
+    for a text-only family the same items without their images (one id per scene, so prompts draw
+    demonstrations as they do with images)."""
+    items = synthetic.items("test", 40, RELS, seed=0, config=scene(name))
+    if name in TEXT:
+        return {r: [P.Item(f"text:{it.image_id}", it.query, it.answer, it.relation) for it in its] for r, its in items.items()}
+    return items
 
 
 def mixed_prompts(items: dict) -> list[P.Prompt]:

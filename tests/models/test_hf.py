@@ -29,11 +29,22 @@ def data():
     return cases.data()
 
 
-@pytest.fixture(scope="module", params=cases.HF)
-def fam(request):
-    lmm = cases.model(request.param)
-    prompts = cases.mixed_prompts(cases.data(request.param))
+def _family(name: str) -> types.SimpleNamespace:
+    lmm = cases.model(name)
+    prompts = cases.mixed_prompts(cases.data(name))
     return types.SimpleNamespace(lmm=lmm, prompts=prompts, batch=lmm.encode(prompts))
+
+
+@pytest.fixture(scope="module", params=cases.VLM)
+def fam(request):
+    """A vision-language family (the image placement and processor checks)."""
+    return _family(request.param)
+
+
+@pytest.fixture(scope="module", params=cases.HF)
+def anyfam(request):
+    """Any family, text-only ones included."""
+    return _family(request.param)
 
 
 def test_head_dim_is_read_from_the_attention_module():
@@ -116,8 +127,8 @@ def test_cross_head_vector_is_what_the_head_writes_into_the_residual(family, dat
     assert lmm.head_output_gate(0, "self") == 1.0
 
 
-def test_answer_token_is_the_first_token_written_after_the_prompt(fam):
-    lmm, batch = fam.lmm, fam.batch
+def test_answer_token_is_the_first_token_written_after_the_prompt(anyfam):
+    lmm, batch = anyfam.lmm, anyfam.batch
     p = batch.prompts[0]
     kw = lmm._text_kwargs
     prompt_ids = lmm.tok(lmm.render(p), **kw)["input_ids"]
@@ -177,7 +188,7 @@ def test_load_model_one_line_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no config.json"):
         load_model(str(tmp_path))
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
-    with pytest.raises(specs.UnsupportedModel, match="supported are gemma3, idefics,") as e:
+    with pytest.raises(specs.UnsupportedModel, match="supported are gemma3, gemma3_text, idefics,") as e:
         load_model(str(tmp_path))
     assert "\n" not in str(e.value)
     with pytest.raises(FileNotFoundError, match="does not exist"):
@@ -246,3 +257,35 @@ def test_mmfv_run_end_to_end_on_a_saved_hf_model(family, head_set, tmp_path):
     ft = json.loads((tmp_path / "out" / "finetune" / "results.json").read_text())
     assert set(ft["mean"]) == {"icl_best", "fv", "fv_tuned", "fv_random_init"}
     assert (tmp_path / "out" / "report" / "report.html").exists()
+
+
+QWEN_CHAT = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% for c in m['content'] %}{% if c['type'] == 'image' %}"
+             "<|vision_start|><|image_pad|><|vision_end|>{% else %}{{ c['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endfor %}"
+             "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")  # the shape of Qwen-VL's own template
+
+
+def test_fu2025_qwen3_vl_prompt_goes_through_the_chat_template_with_the_papers_system_message():
+    """Protocol fu2025 on (offline tiny) Qwen3-VL: the paper's messages through the processor's chat
+    template — system message, interleaved images and Q:x. A:y. lines, the generation prompt — and
+    the batch encodes with every image expanded."""
+    from PIL import Image
+
+    from mmfv import prompts as P
+    from mmfv.testing import hf_tiny
+
+    lmm = hf_tiny("qwen3_vl")
+    lmm.processor.chat_template = QWEN_CHAT
+    assert lmm.use_protocol("fu2025") and not build("llava").use_protocol("fu2025")
+    items = [P.Item(f"q{i}", q, a, "holding", Image.new("RGB", (32, 32), (40 * i, 90, 200))) for i, (q, a) in enumerate([("man", "phone"), ("boy", "ball")])]
+    p = P.Prompt((items[0],), items[1], "clean")
+    text = lmm._text(p)
+    img = "<|vision_start|><|image_pad|><|vision_end|>"
+    assert text == (f"<|im_start|>system\n{P.FU2025_SYSTEM}<|im_end|>\n<|im_start|>user\n{img}Q:man. A:phone.\n{img}Q:boy. A:<|im_end|>\n"
+                    "<|im_start|>assistant\n")
+    batch = lmm.encode([p])
+    assert batch.inputs["input_ids"].shape[0] == 1 and torch.isfinite(lmm.last_logits(batch)).all()
+    assert lmm.answer_token_id("ball") == lmm.tok("ball", add_special_tokens=False)["input_ids"][0]  # read right after "A:"
+    lmm.processor.chat_template = None
+    lmm.tok.chat_template = None
+    with pytest.raises(ValueError, match="no chat template"):
+        lmm.encode([p])

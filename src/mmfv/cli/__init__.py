@@ -57,7 +57,13 @@ def _scenes(a: argparse.Namespace) -> int:
     scenes = S.generate_split(a.split, a.n, seed=a.seed, config=cfg)
     S.save(scenes, a.out, force=a.force)
     if a.contact_sheet:
-        S.contact_sheet(scenes[:8]).save(a.out / "contact_sheet.png")
+        import io
+
+        from mmfv.io import write_bytes
+
+        buf = io.BytesIO()
+        S.contact_sheet(scenes[:8]).save(buf, format="PNG")
+        write_bytes(a.out / "contact_sheet.png", buf.getvalue())
     have = Counter(r for s in scenes for r in R.SPATIAL if s.has(r))
     per = " ".join(f"{r}={have[r]}" for r in R.CARDINAL)
     print(f"wrote {len(scenes)} {a.split} scenes ({cfg.image_px}x{cfg.image_px} px, grid {cfg.grid}) to {a.out}; items per relation: {per}; digest {S.digest(scenes)[:12]}")
@@ -129,7 +135,10 @@ def _train(a: argparse.Namespace) -> int:
         if key not in fields:
             raise ValueError(f"--set {key}: no such training setting; known: {', '.join(fields)}")
         default = getattr(T.TrainConfig(), key)
-        kw[key] = type(default)(val) if not isinstance(default, bool) else val.lower() in ("1", "true", "yes")
+        try:
+            kw[key] = type(default)(val) if not isinstance(default, bool) else val.lower() in ("1", "true", "yes")
+        except ValueError:
+            raise ValueError(f"--set {key}={val}: expected {type(default).__name__} (the default is {default!r})") from None
     if a.steps:
         kw["steps"] = a.steps
     kw["seed"] = a.seed
@@ -170,6 +179,7 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=("show", "check"), help="show: print the config (the built-in one, or FILE over it); check: validate FILE")
     p.add_argument("file", nargs="?", type=Path, default=None)
     p.add_argument("--comments", action="store_true", help="show: each key with its description")
+    p.add_argument("--no-model", action="store_true", help="check: the file alone, without loading the model to check layers, heads and top_k")
 
 
 @verb("config", "print the built-in run config, or check a config file", _config_args)
@@ -182,7 +192,19 @@ def _config(a: argparse.Namespace) -> int:
         if a.file is None:
             raise ValueError("config check needs a file: mmfv config check FILE")
         cfg = C.load(a.file)
-        print(f"{a.file}: valid (hash {cfg.hash()})")
+        from mmfv import runner
+
+        runner.check_use(cfg)
+        if a.no_model:
+            print(f"{a.file}: valid (hash {cfg.hash()}; not checked against the model)")
+            return 0
+        from mmfv.models import load_model
+        from mmfv.stages import NAMES
+
+        m = cfg.model
+        lmm = load_model(m.name, m.dtype, m.device, m.device_map)
+        runner.check_stages(cfg, list(NAMES), lambda: lmm)
+        print(f"{a.file}: valid (hash {cfg.hash()}; checked against {lmm.model_id}: {lmm.n_layers} layers, {lmm.n_heads} heads per layer)")
     return 0
 
 

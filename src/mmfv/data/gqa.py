@@ -206,6 +206,8 @@ def load_scene_graphs(paths: PathLike | Sequence[PathLike]) -> dict[str, dict[st
                 graphs = json.load(f)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+        except UnicodeDecodeError as e:
+            raise S.not_utf8(path, e) from None
         _validate(path, graphs)
         for iid, sg in graphs.items():
             if iid in merged:

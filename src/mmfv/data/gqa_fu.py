@@ -155,6 +155,8 @@ def load(paths: S.PathLike | Sequence[S.PathLike]) -> list[dict[str, Any]]:
             raw = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+        except UnicodeDecodeError as e:
+            raise S.not_utf8(path, e) from None
         if isinstance(raw, dict):
             raw = [{"image_id": k, **v} if isinstance(v, dict) else v for k, v in raw.items()]
         if not isinstance(raw, list):

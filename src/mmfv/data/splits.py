@@ -11,7 +11,7 @@ import hashlib
 import os
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from mmfv import prompts as P
 
@@ -149,6 +149,22 @@ def as_tuple(value: Any, what: str) -> tuple[str, ...]:
     if isinstance(value, str):
         raise ValueError(f"{what} must be a list of names, got the string {value!r}")
     return tuple(value)
+
+
+def lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a UTF-8 text file; a line that is not UTF-8 (a binary or latin-1
+    file) is a one-line ValueError naming file:line."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                yield lineno, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not UTF-8 text (byte {e.start} of the line): save the file as UTF-8") from None
+
+
+def not_utf8(path: str | os.PathLike, e: UnicodeDecodeError) -> ValueError:
+    """The one-line error for a JSON file that is not UTF-8 text."""
+    return ValueError(f"{path}: not UTF-8 text (byte {e.start}): save the file as UTF-8")
 
 
 def json_row(line: str, where: str, required: Sequence[str], what: str) -> dict[str, Any]:

@@ -65,16 +65,15 @@ def load_jsonl(files: PathLike | Sequence[PathLike], image_dir: PathLike | None 
     files_of: dict[str, str] = {}  # image id -> the file it names (ids key feature caches)
     for path in _paths(files, "task .jsonl"):
         base = Path(image_dir) if image_dir is not None else path.parent
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if line.strip():
-                    it = _item(line, f"{path}:{lineno}", base, check)
-                    if it.has_image:
-                        other = files_of.setdefault(it.image_id, os.path.abspath(it.image))
-                        if other != os.path.abspath(it.image):
-                            raise ValueError(f"{path}:{lineno}: image {it.image_id!r} names two files ({other} and "
-                                             f"{os.path.abspath(it.image)}): pass one image_dir for all task files")
-                    out.append(it)
+        for lineno, line in S.lines(path):
+            if line.strip():
+                it = _item(line, f"{path}:{lineno}", base, check)
+                if it.has_image:
+                    other = files_of.setdefault(it.image_id, os.path.abspath(it.image))
+                    if other != os.path.abspath(it.image):
+                        raise ValueError(f"{path}:{lineno}: image {it.image_id!r} names two files ({other} and "
+                                         f"{os.path.abspath(it.image)}): pass one image_dir for all task files")
+                out.append(it)
     return out
 
 
@@ -115,6 +114,8 @@ def load_todd(files: PathLike | Sequence[PathLike]) -> list[P.Item]:
             rows = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+        except UnicodeDecodeError as e:
+            raise S.not_utf8(path, e) from None
         if not isinstance(rows, list):
             raise ValueError(f"{path}: expected a JSON list of {{\"input\", \"output\"}}, got {type(rows).__name__}")
         relation = R.user(R.normalise(path.stem))

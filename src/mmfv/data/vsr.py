@@ -101,16 +101,15 @@ def load_rows(jsonl: PathLike | Sequence[PathLike]) -> list[dict[str, Any]]:
     for path in _paths(jsonl):
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: pass VSR .jsonl files (e.g. data/splits/random/train.jsonl)")
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{lineno}"
-                row = S.json_row(line, where, REQUIRED_KEYS, "a VSR row")
-                for key in ("image", "caption", "relation"):
-                    if not isinstance(row[key], str) or not row[key].strip():
-                        raise ValueError(f"{where}: {key!r} must be a non-empty string, got {row[key]!r}")
-                rows.append({**row, "label": _label(row["label"], where)})
+        for lineno, line in S.lines(path):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            row = S.json_row(line, where, REQUIRED_KEYS, "a VSR row")
+            for key in ("image", "caption", "relation"):
+                if not isinstance(row[key], str) or not row[key].strip():
+                    raise ValueError(f"{where}: {key!r} must be a non-empty string, got {row[key]!r}")
+            rows.append({**row, "label": _label(row["label"], where)})
     return rows
 
 

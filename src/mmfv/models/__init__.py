@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from mmfv.models.base import LMM
 
 
 def load_model(name: str, dtype: str | None = None, device: str | None = None, device_map: str | None = None) -> LMM:
-    """``tiny`` (the shipped mmfv-tiny), an mmfv-tiny checkpoint folder, ``openflamingo:<folder>``, or a
-    Hugging Face vision-language model: a hub id (from the local HF cache when offline) or a local
-    folder with config.json, served by models/hf.py through the family's spec (models/specs)."""
+    """``tiny`` (the shipped mmfv-tiny), an mmfv-tiny checkpoint folder, ``openflamingo:<folder>``, a
+    Hugging Face vision-language or text-only model (a hub id, from the local HF cache when offline,
+    or a local folder with config.json), a GGUF file (``gguf:<path>`` or ``<path>.gguf``), or a named
+    packaged model (``smollm2-135m``); HF and GGUF models are served by models/hf.py through the
+    family's spec (models/specs)."""
+    from mmfv.models import gguf
     from mmfv.models.tiny.adapter import TinyLMM
 
     dtype = None if dtype in (None, "", "auto") else dtype
@@ -33,6 +37,8 @@ def load_model(name: str, dtype: str | None = None, device: str | None = None, d
         return OpenFlamingoLMM.load(name.split(":", 1)[1], dtype=dtype, device=device)
     if name in ("tiny", "mmfv-tiny"):
         return plain(TinyLMM.load("tiny"))
+    if gguf.is_gguf(name):
+        return gguf.load(name, dtype, device, device_map)
     p = Path(name)
     if p.is_dir() and (p / "openflamingo.json").exists():
         from mmfv.models.openflamingo import OpenFlamingoLMM
@@ -44,13 +50,62 @@ def load_model(name: str, dtype: str | None = None, device: str | None = None, d
         cfg = p / "config.json"
         if not cfg.exists():
             raise FileNotFoundError(f"{p} has no config.json: not a model folder")
-        with open(cfg) as f:
-            if json.load(f).get("model_type") == "mmfv_tiny":
-                return plain(TinyLMM.load(p))
+        from mmfv.io import read_json
+
+        meta = read_json(cfg, fix="restore the model folder (copy or download it again)")
+        if isinstance(meta, dict) and meta.get("model_type") == "mmfv_tiny":
+            return plain(TinyLMM.load(p))
         return _hf(str(p), dtype, device, device_map)
-    if p.exists() or name.startswith(("/", ".", "~")) or name.count("/") > 1:
-        raise FileNotFoundError(f"model folder {name} does not exist: use 'tiny', a model folder, or a hub id (owner/name)")
-    return _hf(name, dtype, device, device_map)
+    return _hf(hub_id(name), dtype, device, device_map)
+
+
+def hub_id(name: str) -> str:
+    """``name`` (not a local folder) as a hub id, after one-line errors for what cannot be one: a
+    file, a missing folder, a malformed id, a model neither cached nor reachable."""
+    if Path(name).exists():
+        raise NotADirectoryError(f"model {name} is a file, not a model folder: pass the folder that holds config.json")
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1:
+        raise FileNotFoundError(f"model folder {name} does not exist: use 'tiny', a model folder, a hub id (owner/name), gguf:<file> "
+                                f"or {', '.join(_gguf_names())}")
+    check_hub(name)
+    return name
+
+
+def _offline() -> bool:
+    import os
+
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+
+
+def check_hub(name: str) -> None:
+    """Fail at once, in one line, for a name that cannot be a hub id, or for a hub model that is not
+    in the local cache while offline (HF_HUB_OFFLINE) or while the hub cannot be reached — instead
+    of a minute of download retries."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise ValueError(f"model {name!r} is not 'tiny', an existing model folder, openflamingo:<folder>, or a hub id (owner/name)") from None
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return
+    if _offline():
+        raise FileNotFoundError(f"model {name!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is set: download it first, or unset HF_HUB_OFFLINE")
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")):
+        return  # through a proxy: only the download itself can tell
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=5).close()
+    except OSError as e:
+        raise ConnectionError(f"model {name!r} is not in the Hugging Face cache and {url.hostname} cannot be reached ({e.strerror or e}): "
+                              "connect, or download it where there is a network (HF_HOME), or set HF_HUB_OFFLINE=1") from None
 
 
 def _hf(name: str, dtype: str | None, device: str | None, device_map: str | None) -> LMM:
@@ -65,12 +120,29 @@ def fingerprint(name: str, max_hashed_bytes: int = 64 << 20) -> str:
     Run folders record it so that results of a changed model (e.g. a new mmfv-tiny release, a
     retrained checkpoint in the same folder) are never taken for finished. Local folders: every
     file's name and size, and its content hash (files up to ``max_hashed_bytes``) or mtime (larger
-    ones: a copy then only costs a re-run). Hub ids: the cached snapshot's commit, else the id.
+    ones: a copy then only costs a re-run). GGUF files (and named packaged models): the file's size
+    and content hash or mtime, by the same rule. Hub ids: the cached snapshot's commit, else the id.
     """
     import hashlib
 
+    from mmfv.models import gguf
     from mmfv.models.tiny.adapter import packaged_weights
 
+    def digest(h: Any, f: Path) -> None:
+        st = f.stat()
+        h.update(f"{st.st_size}\0".encode())
+        if st.st_size <= max_hashed_bytes:
+            h.update(hashlib.sha256(f.read_bytes()).digest())
+        else:
+            h.update(str(st.st_mtime_ns).encode())
+
+    if gguf.is_gguf(name):
+        f = gguf.path_of(name)
+        if not f.is_file():
+            raise FileNotFoundError(f"GGUF file {f} does not exist: give gguf:<path to a .gguf file>")
+        h = hashlib.sha256(b"gguf\0")
+        digest(h, f)
+        return h.hexdigest()[:16]
     if name in ("tiny", "mmfv-tiny"):
         folder = packaged_weights()
     elif name.startswith("openflamingo:"):
@@ -83,13 +155,11 @@ def fingerprint(name: str, max_hashed_bytes: int = 64 << 20) -> str:
     if folder.is_dir():
         h = hashlib.sha256()
         for f in sorted(p for p in folder.rglob("*") if p.is_file()):
-            st = f.stat()
-            h.update(f"{f.relative_to(folder)}\0{st.st_size}\0".encode())
-            if st.st_size <= max_hashed_bytes:
-                h.update(hashlib.sha256(f.read_bytes()).digest())
-            else:
-                h.update(str(st.st_mtime_ns).encode())
+            h.update(f"{f.relative_to(folder)}\0".encode())
+            digest(h, f)
         return h.hexdigest()[:16]
+    if not name.startswith("openflamingo:"):
+        hub_id(name)
     try:
         from transformers.utils import cached_file
 
@@ -97,3 +167,9 @@ def fingerprint(name: str, max_hashed_bytes: int = 64 << 20) -> str:
     except (OSError, ValueError):
         path = None
     return f"hub:{name}@{Path(path).parent.name}" if path else f"hub:{name}"
+
+
+def _gguf_names() -> tuple[str, ...]:
+    from mmfv.models import gguf
+
+    return tuple(gguf.NAMED)

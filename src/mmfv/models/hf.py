@@ -1,4 +1,4 @@
-"""Any Hugging Face vision-language model behind the LMM protocol, driven by a family spec.
+"""Any Hugging Face vision-language (or text-only language) model behind the LMM protocol, driven by a family spec.
 
 One adapter for every family: ``models/specs/<family>.py`` declares where things live (decoder
 layers, attention output projections, cross-attention), the prompt template, and which extra
@@ -14,13 +14,17 @@ does), left-padded. Self-attention families receive the cached features through 
 The fast path. :meth:`HFLMM.prefix` runs positions < T-1 once with the HF KV cache;
 :meth:`HFLMM.last` runs the last token alone on a row-repeated copy of that cache. Positions are
 made once in :meth:`HFLMM.encode` (``position_ids`` in the batch) so both paths see the same ones.
+
+Text. Items without an image get no placeholder and no vision work, in any family; a text-only
+family (``Spec.images`` False: Llama, Qwen2/3, Gemma 3 text) has the tokenizer as its processor and
+refuses items with an image. Checkpoints come from a folder, the HF cache or a GGUF file
+(:meth:`HFLMM.load` with ``gguf_file``; models/gguf.py checks the file first).
 """
 
 from __future__ import annotations
 
-import copy
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -28,7 +32,10 @@ import torch
 from torch import nn
 
 from mmfv.models.base import LMM, Batch, FeatureCache, HeadSet, Prefix
-from mmfv.models.hf_processor import first_half, load_processor, process_one_image
+from mmfv.models.hf_processor import chat_text, first_half, load_processor, process_one_image
+from mmfv.models.hf_rows import merge_features as _merge
+from mmfv.models.hf_rows import repeat_cache as _repeat_cache
+from mmfv.models.hf_rows import repeat_rows as _repeat_rows
 from mmfv.models.specs.spec import Spec, attr_path, has_path
 from mmfv.prompts import Item, Prompt
 
@@ -42,19 +49,6 @@ class _Image:
     features: Any  # vision-tower output (dict of fields, or a tensor for cross-attention families)
 
 
-def _merge(values: list[Any]) -> Any:
-    """Concatenate per-image feature fields in image order (tensor: dim 0; tuple/list of tensors:
-    the sequences; list of sequences, e.g. per-layer deepstack features: field by field)."""
-    v0 = values[0]
-    if isinstance(v0, torch.Tensor):
-        return torch.cat(values, 0)
-    if isinstance(v0, (list, tuple)) and (not v0 or isinstance(v0[0], torch.Tensor)):
-        return type(v0)(x for v in values for x in v)
-    if isinstance(v0, (list, tuple)):
-        return type(v0)(_merge(list(col)) for col in zip(*values))
-    raise TypeError(f"cannot merge image features of type {type(v0).__name__}")
-
-
 class _Stop(Exception):
     pass
 
@@ -65,7 +59,7 @@ class HFLMM(LMM):
     def __init__(self, model: nn.Module, processor: Any, spec: Spec, model_id: str = "hf", cache_images: int = 4096) -> None:
         self.module = model.eval()
         self.processor = processor
-        self.tok = processor.tokenizer
+        self.tok = processor.tokenizer if spec.images else processor
         if self.tok.pad_token is None:
             self.tok.pad_token = self.tok.eos_token or self.tok.unk_token
         self.spec = spec
@@ -93,8 +87,9 @@ class HFLMM(LMM):
     # --- loading ------------------------------------------------------------------------------
     @classmethod
     def load(cls, name: str | Path, spec: Spec | None = None, dtype: torch.dtype | str | None = None, device: str | None = None,
-             device_map: str | dict | None = None) -> "HFLMM":
-        """Load by hub id (from the local HF cache when offline) or from a local folder.
+             device_map: str | dict | None = None, gguf_file: str | None = None, model_id: str | None = None) -> "HFLMM":
+        """Load by hub id (from the local HF cache when offline), from a local folder, or (``gguf_file``:
+        a file name inside the folder ``name``) from a GGUF checkpoint, dequantized by transformers.
 
         ``dtype``: "auto" (the checkpoint's), "float32", "bfloat16", "float16". ``device``: one device;
         ``device_map`` (e.g. "auto"): spread a model too big for one GPU (needs ``accelerate``).
@@ -118,16 +113,20 @@ class HFLMM(LMM):
             if importlib.util.find_spec("accelerate") is None:
                 raise ImportError("device_map needs the accelerate package: pip install accelerate (or load on one device with device=...)")
             kw["device_map"] = device_map
+        src = {"gguf_file": gguf_file} if gguf_file else {}
         try:
-            config = AutoConfig.from_pretrained(name)
+            config = AutoConfig.from_pretrained(name, **src)
         except OSError as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise FileNotFoundError(f"cannot load {name!r}: no local folder and not in the Hugging Face cache ({first})") from None
         spec = spec or specs.for_config(config)
-        model = getattr(transformers, spec.model_class).from_pretrained(name, **kw)
+        if gguf_file and spec.images:
+            raise ValueError(f"{Path(name) / gguf_file}: a GGUF file holds a language model only; {spec.family} needs its vision tower too: "
+                             "load the model's Hugging Face folder or hub id")
+        model = getattr(transformers, spec.model_class).from_pretrained(name, **kw, **src)
         if device:
             model = model.to(device)
-        return cls(model, load_processor(name, spec), spec, model_id=name)
+        return cls(model, load_processor(name, spec, gguf_file), spec, model_id=model_id or name)
 
     # --- sizes and modules --------------------------------------------------------------------
     @property
@@ -199,6 +198,9 @@ class HFLMM(LMM):
         """The record of ``item``'s image; ``several``: its prompt holds more than one image (matters
         only to specs with ``multi_image``, whose processor then treats it as one of a pair)."""
         spec = self.spec
+        if not spec.images:
+            raise ValueError(f"{self.model_id} is a text-only model ({spec.family}) but item {item.image_id!r} ({item.query!r} -> {item.answer!r}) "
+                             "has an image: use text items (data.dataset = 'tasks' with no image key, or Todd et al.'s .json files)")
         pair = spec.multi_image and several
         key = (item.image_id, pair)
         rec = self._feat_cache.get(key)
@@ -244,10 +246,31 @@ class HFLMM(LMM):
         return {"mm_encoder_outputs": {"image": cls(**fields)}}
 
     # --- encoding -----------------------------------------------------------------------------
+    def _records(self, prompt: Prompt) -> list[_Image]:
+        """The image records of the prompt's items that have an image, in order."""
+        several = sum(it.has_image for it in prompt.items) > 1
+        return [self._image(it, several) for it in prompt.items if it.has_image]
+
+    protocols = ("mmfv", "fu2025")
+
+    def use_protocol(self, protocol: str) -> bool:
+        """``fu2025`` on a Qwen vision-language family: the paper's chat prompt (its system message, one
+        user turn of images and ``Q:x. A:y.`` lines, the generation prompt) through the processor's chat
+        template, the answer read right after ``A:``. Other families keep their template (returns False)."""
+        self._chat = protocol == "fu2025" and self.spec.family.startswith("qwen") and "vl" in self.spec.family
+        t = self.spec.template
+        self.template = replace(t, demo="{image}Q:{query}. A:{answer}.{eoc}", query="{image}Q:{query}. A:", eoc="\n", answer_prefix="") if self._chat else t
+        return protocol == "mmfv" or self._chat
+
+    def _text(self, prompt: Prompt) -> str:
+        return chat_text(self.processor, self.tok, prompt, self.model_id) if getattr(self, "_chat", False) else self.template.render(prompt)
+
     def render(self, prompt: Prompt) -> str:
         """The prompt's text with each image placeholder expanded as the processor does."""
-        recs = [self._image(it, prompt.k > 0) for it in prompt.items]
-        parts = self.template.render(prompt).split(self.template.image_token)
+        recs = self._records(prompt)
+        if not recs:
+            return self._text(prompt)
+        parts = self._text(prompt).split(self.template.image_token)
         if len(parts) != len(recs) + 1:
             raise ValueError(f"template produced {len(parts) - 1} image placeholders for {len(recs)} images")
         return parts[0] + "".join(r.text + p for r, p in zip(recs, parts[1:]))
@@ -256,14 +279,14 @@ class HFLMM(LMM):
         if not prompts:
             raise ValueError("no prompts to encode")
         spec = self.spec
-        recs = [[self._image(it, p.k > 0) for it in p.items] for p in prompts]
+        recs = [self._records(p) for p in prompts]
         texts = [self.render(p) for p in prompts]
         enc = self.tok(texts, padding=True, padding_side="left", return_tensors="pt", **self._text_kwargs)
         ids, mask = enc["input_ids"], enc["attention_mask"]
         inputs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
         if spec.token_types:
             inputs[spec.token_types] = torch.tensor(self.processor.create_mm_token_type_ids(ids), dtype=torch.long)
-        for k in spec.image_keys:
+        for k in spec.image_keys if any(recs) else ():
             inputs[k] = torch.cat([torch.as_tensor(r.meta[k]) for row in recs for r in row])
         inputs = self._to_model(inputs)
         with torch.no_grad():
@@ -327,6 +350,11 @@ class HFLMM(LMM):
     def forward(self, batch: Batch) -> torch.Tensor:
         return self.module(**self._call(batch.inputs), use_cache=False).logits
 
+    def last_logits(self, batch: Batch) -> torch.Tensor:
+        """Logits (B, V) at the last position; the vocabulary projection runs there alone when the
+        model allows (``logits_to_keep``): the scoring passes of a real-sized vocabulary cost less."""
+        return self.module(**self._call(batch.inputs), use_cache=False, **self._keep_kw).logits[:, -1]
+
     def _token_keys(self) -> tuple[str, ...]:
         return ("input_ids", "attention_mask", *((self.spec.token_types,) if self.spec.token_types else ()), *self.spec.token_keys)
 
@@ -370,27 +398,3 @@ class HFLMM(LMM):
         pos = inp["position_ids"]
         inp["position_ids"] = torch.cat([pos, pos[..., -1:] + torch.arange(1, n + 1, device=pos.device)], -1)
         return self.module(**inp, use_cache=False).logits
-
-
-def _repeat_rows(v: Any, repeats: int, B: int, key: str) -> Any:
-    """Repeat each prompt's rows ``repeats`` times, row-major (prompt 0's copies first)."""
-    if not isinstance(v, torch.Tensor) or repeats == 1:
-        return v
-    if key == "position_ids" and v.dim() == 3:  # (n_axes, B, T) for M-RoPE
-        return v.repeat_interleave(repeats, dim=1)
-    if v.shape[0] == B:
-        return v.repeat_interleave(repeats, dim=0)
-    if v.shape[0] % B == 0:  # (B * k, ...) blocks of k per prompt (e.g. per-image embeddings)
-        return v.view(B, -1, *v.shape[1:]).repeat_interleave(repeats, dim=0).flatten(0, 1)
-    raise ValueError(f"cannot repeat input {key!r} of shape {tuple(v.shape)} for {B} prompts")
-
-
-def _repeat_cache(cache: Any, repeats: int) -> Any:
-    """A copy of an HF cache with every row repeated; the original stays as it was."""
-    new = copy.copy(cache)
-    new.layers = [copy.copy(layer) for layer in cache.layers]
-    if repeats > 1:
-        for layer in new.layers:
-            if getattr(layer, "keys", None) is not None and layer.keys.numel():
-                layer.batch_repeat_interleave(repeats)
-    return new

@@ -41,12 +41,15 @@ def lenient_subprocessors() -> Iterator[None]:
         ProcessorMixin.check_argument_for_proper_class = orig
 
 
-def load_processor(name: str, spec: Spec) -> Any:
+def load_processor(name: str, spec: Spec, gguf_file: str | None = None) -> Any:
     """AutoProcessor, or (when a sub-processor cannot load, e.g. video without torchvision) the spec's
-    processor class built from its image processor and tokenizer with the rest left None."""
+    processor class built from its image processor and tokenizer with the rest left None. A
+    text-only family's processor is its tokenizer (from the GGUF file when ``gguf_file`` is given)."""
     import transformers
     from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
 
+    if not spec.images:
+        return AutoTokenizer.from_pretrained(name, **({"gguf_file": gguf_file} if gguf_file else {}))
     try:
         return AutoProcessor.from_pretrained(name)
     except (ImportError, ValueError, AttributeError, TypeError, OSError) as e:
@@ -149,3 +152,14 @@ def first_half(v: Any) -> Any:
     if isinstance(v, (list, tuple)) and v and isinstance(v[0], (list, tuple)):
         return type(v)(first_half(x) for x in v)
     return v
+
+
+def chat_text(processor: Any, tok: Any, prompt: Any, model_id: str) -> str:
+    """The paper's Qwen chat prompt for ``prompt`` (:func:`mmfv.prompts.fu2025_chat`) rendered by the
+    processor's (else the tokenizer's) chat template, with the generation prompt, as text."""
+    from mmfv.prompts import fu2025_chat
+
+    owner = processor if getattr(processor, "chat_template", None) else tok
+    if not getattr(owner, "chat_template", None):
+        raise ValueError(f"{model_id} has no chat template, which protocol fu2025 applies to Qwen models: use a checkpoint that ships one")
+    return owner.apply_chat_template(fu2025_chat(prompt), tokenize=False, add_generation_prompt=True)

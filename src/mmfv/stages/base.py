@@ -47,6 +47,9 @@ class Stage:
     table: Callable[[dict], list[dict]] | None = None  # results.json -> tidy rows (results.csv, Run.to_frame)
     aliases: tuple[str, ...] = ()
     uses_model: bool = True
+    check: Callable[[Any, "LMM"], None] | None = None  # (config, loaded model) -> raise a one-line ValueError naming the key
+    """What can only be checked once the model is loaded (layers, heads, top_k against its depth and
+    heads); the runner calls it for every planned stage before any stage runs."""
 
 
 class StageSkipped(Exception):

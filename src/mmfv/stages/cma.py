@@ -7,26 +7,26 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import Field, model_validator
 
 from mmfv import prompts as P
 from mmfv.io import write_safetensors
 from mmfv.report import html as H
-from mmfv.settings import Section, fail
+from mmfv.settings import Count, Demos, Section, fail
 from mmfv.stages.base import Context, ReportSection, Stage
 
 
 class CMASettings(Section):
-    n_mean: PositiveInt = Field(100, description="clean prompts for the mean head activations")
-    n_cma: PositiveInt = Field(25, description="corrupted prompts for the indirect effects")
-    shots: PositiveInt = Field(5, description="demonstrations per prompt (clean and corrupted)")
+    n_mean: Count = Field(100, description="clean prompts for the mean head activations")
+    n_cma: Count = Field(25, description="corrupted prompts for the indirect effects")
+    shots: Demos = Field(5, description="demonstrations per prompt (clean and corrupted)")
     engine: Literal["fast", "skip", "reference"] = Field("fast", description="fast: KV-cached last-token batches; skip: fast, and each patched row "
                                                         "runs only the layers from its own on (same IEs); reference: the published algorithm")
     metric: Literal["prob", "logprob", "logit_diff"] = Field("prob", description="what an indirect effect changes: P(answer), its log, or answer logit minus the best other")
-    top_k: PositiveInt = Field(10, description="heads in a function vector")
+    top_k: Count = Field(10, description="heads in a function vector")
     fv_bias: bool = Field(False, description="add the output projection's bias once per head to the vector (the paper's code does)")
     only_correct: bool = Field(False, description="average only prompts the model answers correctly")
-    batch_size: PositiveInt = Field(8, description="corrupted prompts per batch of the fast engine")
+    batch_size: Count = Field(8, description="corrupted prompts per batch of the fast and skip engines")
     head_set: Literal["self", "cross"] = Field("self", description="self, or cross for cross-attention (Flamingo-style) models")
 
     @model_validator(mode="after")
@@ -36,21 +36,37 @@ class CMASettings(Section):
         return self
 
 
+def heads(cfg: Any, lmm: Any) -> int:
+    """How many heads of the config's head set the model has (one-line error if it has no such set)."""
+    name = cfg.cma.head_set
+    if name not in lmm.head_sets:
+        raise ValueError(f"config key cma.head_set: {lmm.model_id} has no {name!r} heads (it has {', '.join(lmm.head_sets)})")
+    hs = lmm.head_sets[name]
+    return hs.n_layers * hs.n_heads
+
+
+def check(cfg: Any, lmm: Any) -> None:
+    """Before any stage runs: the model has the head set, and cma.top_k fits in it."""
+    n, hs = heads(cfg, lmm), lmm.head_sets[cfg.cma.head_set]
+    if cfg.cma.top_k > n:
+        raise ValueError(f"config key cma.top_k: {cfg.cma.top_k} is larger than the {n} heads of {lmm.model_id} "
+                         f"({hs.n_layers} layers x {hs.n_heads} {hs.name} heads)")
+
+
 def run(ctx: Context) -> dict:
     from mmfv import cma
     from mmfv.execution import Checkpoint
     from mmfv.stages import means as M
 
     c, lmm, out = ctx.cfg.cma, ctx.lmm, ctx.dir("cma")
+    check(ctx.cfg, lmm)
     hs = lmm.head_sets[c.head_set]
-    if c.top_k > hs.n_layers * hs.n_heads:
-        raise ValueError(f"config key cma.top_k: {c.top_k} is larger than the model's {hs.n_layers * hs.n_heads} {c.head_set} heads")
     items = ctx.items("eval")
     results, done = {}, {}
     for rel in ctx.relations:
         clean = P.build("clean", items[rel], items, c.shots, c.n_mean, ctx.seed, ctx.protocol)
         corrupt = corrupted_prompts(ctx, items, rel)
-        means, n_mean = M.load(ctx.input("means"), rel, c.head_set)
+        means, n_mean = M.load(ctx.input("means"), rel, c.head_set, lmm)
         ck = Checkpoint(out / "checkpoints" / f"{rel}.safetensors",
                         cma.cma_fingerprint(lmm, clean, corrupt, c.engine, c.head_set, c.only_correct, c.metric))
         with ctx.ex.scope(rel):
@@ -124,20 +140,36 @@ def save(res: Any, lmm: Any, folder: Path) -> None:
     write_safetensors(Path(folder) / f"{res.relation}.safetensors", {"means": res.means, "ie": res.ie}, meta)
 
 
-def load(folder: str | Path, relation: str) -> Any:
-    """The CMAResult of one relation from a cma folder."""
+def read(path: Path, stage: str, lmm: Any = None) -> tuple[dict, dict]:
+    """(tensors, metadata) of a means or CMA results file; a damaged file, or (with ``lmm``) one
+    computed with another model, is a one-line error naming it."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(str(path))
+    except Exception as e:  # noqa: BLE001 - any damage reads the same to the user
+        raise ValueError(f"{path} is damaged ({type(e).__name__}): delete it and rerun the {stage} stage") from None
+    if lmm is not None and meta.get("config_hash") != lmm.config_hash():
+        raise ValueError(f"{path} was computed with another model ({meta.get('model_id', 'config ' + str(meta.get('config_hash')))}), not "
+                         f"{lmm.model_id}: rerun the {stage} stage with this model, or point run.use at results of this model")
+    return tensors, meta
+
+
+def load(folder: str | Path, relation: str, lmm: Any = None) -> Any:
+    """The CMAResult of one relation from a cma folder (with ``lmm``: checked to be that model's)."""
     from mmfv import cma
 
     path = Path(folder) / f"{relation}.safetensors"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: run the cma stage for {relation} into {folder} first")
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata()
-    t = load_file(str(path))
-    return cma.CMAResult(meta["relation"], t["means"], t["ie"], int(meta["n_mean"]), meta["engine"], meta.get("head_set", "self"))
+    t, meta = read(path, "cma", lmm)
+    try:
+        return cma.CMAResult(meta["relation"], t["means"], t["ie"], int(meta["n_mean"]), meta["engine"], meta.get("head_set", "self"))
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"{path} is damaged (no {e}): delete it and rerun the cma stage") from None
 
 
 def section(res: H.Results, out: Path) -> str:
@@ -186,4 +218,4 @@ def table(res: dict) -> list[dict]:
 
 
 STAGE = Stage("cma", "causal mediation analysis: the indirect effect of every attention head", run, needs=("means",), section="cma",
-              settings=CMASettings, report=(ReportSection("cma", "Causal mediation: the heads that carry each relation", section),), table=table)
+              settings=CMASettings, check=check, report=(ReportSection("cma", "Causal mediation: the heads that carry each relation", section),), table=table)

@@ -7,19 +7,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from pydantic import Field, PositiveFloat, PositiveInt
+from pydantic import Field
 
 from mmfv import prompts as P
 from mmfv import relations as R
 from mmfv.report import html as H
-from mmfv.settings import Section
+from mmfv.settings import Count, Demos, Rate, Section
 from mmfv.stages.base import Context, ReportSection, Stage, StageSkipped
 
 
 class ComposeSettings(Section):
-    grid: list[PositiveFloat] = Field(default_factory=lambda: [0.5, 1.0, 1.5, 2.0], description="weights a, b tried on val for a·FV_v + b·FV_h")
-    shots: list[PositiveInt] = Field(default_factory=lambda: [1, 2, 4, 8], description="ICL baselines on the diagonal relations")
-    n: PositiveInt = Field(200, description="val / test prompts per relation")
+    grid: list[Rate] = Field(default_factory=lambda: [0.5, 1.0, 1.5, 2.0], min_length=1, description="weights a, b tried on val for a·FV_v + b·FV_h")
+    shots: list[Demos] = Field(default_factory=lambda: [1, 2, 4, 8], min_length=1, description="ICL baselines on the diagonal relations")
+    n: Count = Field(200, description="val / test prompts per relation")
     cached: bool = Field(True, description="layer and weight choices by cached injection: each prompt batch's prefix and last-token residuals "
                                            "computed once, only the layers after the injection layer run per accuracy (false: a full forward each time)")
 

@@ -4,20 +4,39 @@ chosen on ``val``, reported on ``test`` — with head-count and context-size swe
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field, PositiveInt
+from pydantic import Field
 
 from mmfv import prompts as P
 from mmfv.report import html as H
-from mmfv.settings import Section
+from mmfv.settings import Count, Section
 from mmfv.stages.base import Context, ReportSection, Stage
 
 
 class EvalSettings(Section):
-    n: PositiveInt = Field(200, description="zero-shot prompts per relation and split (val: layer choice; test: reported)")
-    head_counts: list[PositiveInt] = Field(default_factory=lambda: list(range(1, 21)), description="numbers of top heads for the head-count sweep")
+    n: Count = Field(200, description="zero-shot prompts per relation and split (val: layer choice; test: reported)")
+    head_counts: list[Count] = Field(default_factory=lambda: list(range(1, 21)), min_length=1, description="numbers of top heads for the head-count sweep (the default stops at the model's head count; counts you set must fit)")
     cached: bool = Field(True, description="sweeps by cached injection: each prompt batch's prefix and last-token residuals computed once, "
                                            "only the layers after the injection layer run per accuracy (false: a full forward each time)")
+
+
+def head_counts(cfg: Any, n: int, where: str) -> list[int]:
+    """The head counts to sweep on a model with ``n`` heads: the default sweep stops at ``n``; counts
+    the config sets must all fit (a one-line error naming the key and ``where`` the heads are)."""
+    ks = list(cfg.eval.head_counts)
+    if ks == EvalSettings.model_fields["head_counts"].get_default(call_default_factory=True):
+        return [k for k in ks if k <= n]
+    if max(ks) > n:
+        raise ValueError(f"config key eval.head_counts: {max(ks)} is larger than the {n} heads of {where}: use counts up to {n}")
+    return ks
+
+
+def check(cfg: Any, lmm: Any) -> None:
+    """Before any stage runs: every head count of the sweep fits in the model's heads."""
+    from mmfv.stages.cma import heads
+
+    head_counts(cfg, heads(cfg, lmm), f"{lmm.model_id} ({cfg.cma.head_set})")
 
 
 def run(ctx: Context) -> dict:
@@ -46,8 +65,8 @@ def run(ctx: Context) -> dict:
                 "layer_sweep_val": sweep,
                 "layer_sweep_test": evaluate.layer_sweep(lmm, zs_test, fv.vector, bs, ex=ctx.ex, stems=stems),
             }
-            cres = CMA.load(ctx.input("cma"), rel)
-            ks = [k for k in c.head_counts if k <= cres.aie.numel()]
+            cres = CMA.load(ctx.input("cma"), rel, lmm)
+            ks = head_counts(ctx.cfg, cres.aie.numel(), f"the CMA results in {ctx.input('cma')}")
             r["head_count"] = {str(k): evaluate.accuracy(lmm, zs_test, V.build(lmm, cres.means, cres.top_heads(k), rel, head_set=cres.head_set).vector,
                                                          best, bs, ctx.ex, stems)["acc"] for k in ks}
         r["icl_by_shots"] = {k: icl["clean"][k][rel]["acc"] for k in icl["clean"]}
@@ -115,5 +134,5 @@ def table(res: dict) -> list[dict]:
 
 
 STAGE = Stage("eval", "zero-shot accuracy with function vectors: layer, head-count and context-size sweeps", run, needs=("vectors", "cma", "icl"),
-              section="eval", settings=EvalSettings,
+              section="eval", settings=EvalSettings, check=check,
               report=(ReportSection("eval", "Function vectors: zero-shot with the vector, layer and head-count sweeps", section),), table=table)

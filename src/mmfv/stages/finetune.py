@@ -5,35 +5,43 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+from pydantic import Field, model_validator
 
 from mmfv import prompts as P
 from mmfv.report import html as H
-from mmfv.settings import Section, fail
+from mmfv.settings import Count, Demos, Index, Rate, Section, fail
 from mmfv.stages.base import Context, ReportSection, Stage
 
 
 class FinetuneStageSettings(Section):
-    sizes: list[PositiveInt] = Field(default_factory=lambda: [25, 50, 100, 200, 400], description="training-set sizes (zero-shot train prompts)")
-    headline_size: PositiveInt = Field(200, description="the size reported as 'fine-tuned FV' (one of sizes)")
-    epochs: PositiveInt = Field(20, description="training epochs; the epoch is chosen on val")
-    lr: PositiveFloat = Field(1e-2, description="Adam learning rate")
+    sizes: list[Count] = Field(default_factory=lambda: [25, 50, 100, 200, 400], description="training-set sizes (zero-shot train prompts)")
+    headline_size: Count = Field(200, description="the size reported as 'fine-tuned FV' (one of sizes)")
+    epochs: Count = Field(20, description="training epochs; the epoch is chosen on val")
+    lr: Rate = Field(1e-2, description="Adam learning rate")
     schedule: Literal["cosine", "constant"] = Field("cosine", description="learning-rate schedule")
     search_layers: bool = Field(False, description="tune at each candidate layer (headline size) and keep the best on val; else the FV's own layer")
-    layers: list[NonNegativeInt] = Field(default_factory=list, description="candidate layers for search_layers (empty: every layer)")
-    batch_size: PositiveInt = Field(16, description="training prompts per step")
+    layers: list[Index] = Field(default_factory=list, description="candidate layers for search_layers (empty: every layer)")
+    batch_size: Count = Field(16, description="training prompts per step")
     cached: bool = Field(False, description="cached injection: each training and val batch's prefix and last-token residuals computed once, "
                                             "a step runs only the layers after the vector's (same method; float rounding differs, ~1e-6)")
-    shots: list[PositiveInt] = Field(default_factory=lambda: list(range(1, 9)), description="ICL baselines: numbers of demonstrations")
-    n: PositiveInt = Field(200, description="val / test prompts per relation")
+    shots: list[Demos] = Field(default_factory=lambda: list(range(1, 9)), min_length=1, description="ICL baselines: numbers of demonstrations")
+    n: Count = Field(200, description="val / test prompts per relation")
 
     @model_validator(mode="after")
     def _check(self) -> "FinetuneStageSettings":
         if self.headline_size not in self.sizes:
             raise fail("headline_size", f"{self.headline_size} is not in finetune.sizes {self.sizes}")
         return self
+
+
+def check(cfg: Any, lmm: Any) -> None:
+    """Before any stage runs: the candidate layers of search_layers exist in the model."""
+    c = cfg.finetune
+    bad = [l for l in c.layers if l >= lmm.n_layers] if c.search_layers else []
+    if bad:
+        raise ValueError(f"config key finetune.layers: layer {bad[0]} is out of range: {lmm.model_id} has layers 0..{lmm.n_layers - 1}")
 
 
 def run(ctx: Context) -> dict:
@@ -49,9 +57,7 @@ def run(ctx: Context) -> dict:
     ev = ctx.results("eval")
     settings = FinetuneSettings(epochs=c.epochs, lr=c.lr, schedule=c.schedule, batch_size=c.batch_size, seed=seed, cached=c.cached)
     cands = (list(range(lmm.n_layers)) if not c.layers else list(c.layers)) if c.search_layers else []
-    for l in cands:
-        if not 0 <= l < lmm.n_layers:
-            raise ValueError(f"config key finetune.layers: layer {l} is out of range: the model has layers 0..{lmm.n_layers - 1}")
+    check(ctx.cfg, lmm)
     train, val, test = ctx.items("train"), ctx.items("val"), ctx.items("test")
     res: dict = {"relations": {}, "sizes": list(c.sizes), "headline_size": c.headline_size}
     acc = lambda prompts, vec=None, layer=None: evaluate.accuracy(lmm, prompts, vec, layer, bs, ctx.ex)["acc"]  # noqa: E731
@@ -201,6 +207,6 @@ def table(res: dict) -> list[dict]:
 
 
 STAGE = Stage("finetune", "fine-tune function vectors with the model frozen; compare with ICL", run, needs=("vectors", "eval"),
-              section="finetune", settings=FinetuneStageSettings,
+              section="finetune", settings=FinetuneStageSettings, check=check,
               report=(ReportSection("summary", "Summary: zero-shot, FV, fine-tuned FV and best ICL", summary_section),
                       ReportSection("finetune", "Fine-tuned function vectors", section)), table=table)

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, NonNegativeInt, PositiveInt
+from pydantic import Field
 
 from mmfv.report import html as H
-from mmfv.settings import Section
+from mmfv.settings import Count, Section, Shots
 from mmfv.stages.base import Context, ReportSection, Stage
 
 
 class ICLSettings(Section):
-    shots: list[NonNegativeInt] = Field(default_factory=lambda: [0, 1, 2, 4, 8], description="numbers of demonstrations (0: zero-shot)")
-    n: PositiveInt = Field(400, description="test prompts per (kind, shots, relation) cell")
+    shots: list[Shots] = Field(default_factory=lambda: [0, 1, 2, 4, 8], min_length=1, description="numbers of demonstrations (0: zero-shot)")
+    n: Count = Field(400, description="test prompts per (kind, shots, relation) cell")
 
 
 def run(ctx: Context) -> dict:

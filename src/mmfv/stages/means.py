@@ -6,12 +6,14 @@ analysis: the same prompts, shots and head set)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from mmfv import prompts as P
 from mmfv.io import write_safetensors
 from mmfv.stages.base import Context, Stage
+from mmfv.stages.cma import heads
 
 BATCH = 32  # prompts per forward pass; the float64 sums are added in this grouping
 
@@ -34,19 +36,25 @@ def run(ctx: Context) -> dict:
     return res
 
 
-def load(folder: str | Path, relation: str, head_set: str = "self") -> tuple[torch.Tensor, int]:
-    """(means (L, H, d), prompts used) of one relation from a means folder."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+def check(cfg: Any, lmm: Any) -> None:
+    """Before any stage runs: the model has the config's head set (cma.head_set)."""
+    heads(cfg, lmm)
+
+
+def load(folder: str | Path, relation: str, head_set: str = "self", lmm: Any = None) -> tuple[torch.Tensor, int]:
+    """(means (L, H, d), prompts used) of one relation from a means folder (with ``lmm``: checked to be that model's)."""
+    from mmfv.stages.cma import read
 
     path = Path(folder) / f"{relation}.safetensors"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: run the means stage for {relation} first")
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata()
+    t, meta = read(path, "means", lmm)
     if meta.get("head_set", "self") != head_set:
         raise ValueError(f"{path} holds means of the {meta.get('head_set', 'self')!r} heads, not {head_set!r}: rerun the means stage")
-    return load_file(str(path))["means"], int(meta["n"])
+    try:
+        return t["means"], int(meta["n"])
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"{path} is damaged (no {e}): delete it and rerun the means stage") from None
 
 
-STAGE = Stage("means", "mean head activations at the last position over clean prompts", run, section="cma")
+STAGE = Stage("means", "mean head activations at the last position over clean prompts", run, section="cma", check=check)

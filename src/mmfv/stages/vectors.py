@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from mmfv.stages.base import Context, Stage
+from mmfv.stages.cma import check
 
 
 def run(ctx: Context) -> dict:
@@ -14,7 +15,7 @@ def run(ctx: Context) -> dict:
 
     lmm, k = ctx.lmm, ctx.cfg.cma.top_k
     for rel in ctx.relations:
-        res = CMA.load(ctx.input("cma"), rel)
+        res = CMA.load(ctx.input("cma"), rel, lmm)
         if k > res.aie.numel():
             raise ValueError(f"config key cma.top_k: {k} is larger than the {res.aie.numel()} heads of the CMA results in {ctx.input('cma')}")
         extra = {"cma_engine": res.engine, "n_mean": res.n_mean, "n_cma": int(res.ie.shape[0])}
@@ -34,4 +35,4 @@ def load(folder: str | Path, relations: list[str], lmm: Any) -> dict:
     return {r: FunctionVector.load(Path(folder) / f"{r}.safetensors", lmm) for r in relations}
 
 
-STAGE = Stage("vectors", "function vectors from the top-k heads of each relation's CMA", run, needs=("cma",), section="cma", aliases=("extract",))
+STAGE = Stage("vectors", "function vectors from the top-k heads of each relation's CMA", run, needs=("cma",), section="cma", aliases=("extract",), check=check)

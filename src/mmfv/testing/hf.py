@@ -44,12 +44,7 @@ def parts(spec: Spec, seed: int = 0, **overrides: Any) -> tuple[nn.Module, Any]:
 
     data = _data(spec, overrides)
     tok = offline.tokenizer(data["tokens"], data.get("named_tokens"), **data.get("tokenizer", {}))
-    ip_name, ip_kw = data["image_processor"]
-    proc_name, proc_kw = data["processor"]
-    proc_cls = getattr(transformers, proc_name)
-    given = {"image_processor": getattr(transformers, ip_name)(**ip_kw), "tokenizer": tok, **proc_kw}
-    absent = {k: None for k in inspect.signature(proc_cls.__init__).parameters if k.endswith("_processor") and k not in given}  # e.g. video
-    proc = offline.processor(proc_cls, **given, **absent)  # may add tokens: the vocabulary is read after
+    proc = _processor(spec, data, tok)  # may add tokens: the vocabulary is read after
     text = {**offline.TEXT, "vocab_size": len(tok), **offline.special_ids(tok)}  # a special id may be None: the tokenizer has no such token
     for changes in (data.get("text", {}), overrides.get("text", {})):
         for k, v in changes.items():
@@ -74,6 +69,20 @@ def parts(spec: Spec, seed: int = 0, **overrides: Any) -> tuple[nn.Module, Any]:
                 if name.rsplit(".", 1)[-1] in fill:
                     p.fill_(fill[name.rsplit(".", 1)[-1]])
     return model, proc
+
+
+def _processor(spec: Spec, data: dict[str, Any], tok: Any) -> Any:
+    """The family's processor around ``tok``; a text-only family's processor is the tokenizer."""
+    import transformers
+
+    if not spec.images:
+        return tok
+    ip_name, ip_kw = data["image_processor"]
+    proc_name, proc_kw = data["processor"]
+    proc_cls = getattr(transformers, proc_name)
+    given = {"image_processor": getattr(transformers, ip_name)(**ip_kw), "tokenizer": tok, **proc_kw}
+    absent = {k: None for k in inspect.signature(proc_cls.__init__).parameters if k.endswith("_processor") and k not in given}  # e.g. video
+    return offline.processor(proc_cls, **given, **absent)
 
 
 def build(family: str, seed: int = 0, model_id: str | None = None, **overrides: Any) -> HFLMM:

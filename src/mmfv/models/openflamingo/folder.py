@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from mmfv.io import write_json
 from mmfv.models.openflamingo.adapter import OpenFlamingoLMM, add_flamingo_tokens
 from mmfv.models.openflamingo.checkpoint import load_openflamingo_state_dict, native_to_reference_key, reference_state_dict, vision_state_dict
 from mmfv.models.openflamingo.modeling import FlamingoConfig, OpenFlamingo
@@ -182,5 +183,5 @@ def save_folder(lmm: OpenFlamingoLMM, folder: str | Path, name: str | None = Non
         "flamingo": {k: v for k, v in fc.items() if k not in ("media_token_id", "eoc_token_id")},
         **({"scene_config": lmm.card["scene_config"]} if "scene_config" in lmm.card else {}),
     }
-    (folder / MARKER).write_text(json.dumps(meta, indent=1))
+    write_json(folder / MARKER, meta)  # last: its presence marks a complete folder
     return folder

@@ -12,7 +12,8 @@ families encode images and build their batch-wide image inputs themselves (``vis
 - ``tokens``: special tokens, in id order from 0; ``named_tokens``: model-specific named ones (e.g.
   ``{"image_token": "<image_soft_token>"}``); ``tokenizer``: its kwargs (``bos_token``, ...).
 - ``image_processor``, ``processor``: ``(transformers class name, kwargs)``; sub-processors the
-  processor takes but the spec does not give (a video processor) are left None.
+  processor takes but the spec does not give (a video processor) are left None. Text-only families
+  (``images=False``) give neither: their processor is the tokenizer.
 - ``text``: changes to the standard small text config (2 layers, hidden 64, 4 heads of 16, 2 KV
   heads, intermediate 128; a value None drops the key); vocabulary size and bos/eos/pad ids come
   from the tokenizer. ``flat_text``: the text fields sit at the config's top level (no
@@ -73,6 +74,7 @@ class Spec:
     feature_fields: tuple[str, ...] = ("pooler_output",)  # fields of get_image_features' output the forward reads
     vision: CrossVision | None = None  # cross-attention families: own image encoding and batch inputs
     processor_class: str | None = None  # processor class, for building one when AutoProcessor cannot
+    images: bool = True  # False: a text-only language model; its processor is the tokenizer and items must have no image
     tiny: Mapping[str, Any] | None = None  # a small random test model as data (module doc; mmfv.testing.hf builds it)
     notes: Sequence[str] = ()  # known limitations, shown in docs
 

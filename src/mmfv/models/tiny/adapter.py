@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from importlib import resources
 from pathlib import Path
 from typing import Sequence
@@ -10,6 +9,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from mmfv.io import read_json
 from mmfv.models.base import LMM, Batch, FeatureCache, LastSteps, Prefix
 from mmfv.models.tiny.modeling import MmfvTinyConfig, MmfvTinyForCausalLM, image_groups_of
 from mmfv.models.tiny.tokenizer import BOS, PAD, TinyTokenizer
@@ -17,6 +17,7 @@ from mmfv.models.tiny.train import pixels_of
 from mmfv.prompts import FLAMINGO, Prompt
 
 REQUIRED_FILES = ("config.json", "model.safetensors", "vocab.json")
+FIX = "restore the model folder (copy it again, or retrain with mmfv train-tiny)"
 
 
 def packaged_weights() -> Path:
@@ -31,10 +32,17 @@ def check_folder(folder: Path) -> None:
     missing = [f for f in REQUIRED_FILES if not (folder / f).exists()]
     if missing:
         raise FileNotFoundError(f"{folder} is not a complete mmfv-tiny checkpoint: missing {', '.join(missing)}")
-    with open(folder / "config.json") as f:
-        mt = json.load(f).get("model_type")
+    cfg = read_json(folder / "config.json", FIX)
+    mt = cfg.get("model_type") if isinstance(cfg, dict) else None
     if mt != MmfvTinyConfig.model_type:
         raise ValueError(f"{folder} holds a {mt!r} model, not mmfv_tiny: load it as an HF model instead")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(folder / "model.safetensors"), "pt") as f:
+            f.keys()
+    except Exception as e:  # noqa: BLE001 - a damaged or truncated file reads the same to the user
+        raise ValueError(f"{folder / 'model.safetensors'} is damaged or truncated ({type(e).__name__}): {FIX}") from None
 
 
 class TinyLMM(LMM):
@@ -56,10 +64,9 @@ class TinyLMM(LMM):
 
         hf_logging.disable_progress_bar()
         model = MmfvTinyForCausalLM.from_pretrained(folder)
-        card = {}
-        if (folder / "card.json").exists():
-            with open(folder / "card.json") as f:
-                card = json.load(f)
+        card = read_json(folder / "card.json", FIX) if (folder / "card.json").exists() else {}
+        if not isinstance(card, dict):
+            raise ValueError(f"{folder / 'card.json'} is damaged (not a JSON object): {FIX}")
         return cls(model, TinyTokenizer.load(folder), "mmfv-tiny" if str(path) in ("tiny", "mmfv-tiny") else str(path), card)
 
     @property

@@ -6,7 +6,6 @@ features. The vocabulary is saved beside the weights (``vocab.json``).
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -60,14 +59,19 @@ class TinyTokenizer:
         return " ".join(self.vocab[i] for i in ids if i not in (PAD, BOS))
 
     def save(self, folder: str | Path) -> None:
-        with open(Path(folder) / "vocab.json", "w") as f:
-            json.dump({"vocab": self.vocab, "patches_per_image": self.patches_per_image}, f, indent=1)
+        from mmfv.io import write_json
+
+        write_json(Path(folder) / "vocab.json", {"vocab": self.vocab, "patches_per_image": self.patches_per_image})
 
     @classmethod
     def load(cls, folder: str | Path) -> "TinyTokenizer":
         path = Path(folder) / "vocab.json"
         if not path.exists():
             raise FileNotFoundError(f"{path} is missing: not an mmfv-tiny checkpoint folder")
-        with open(path) as f:
-            d = json.load(f)
-        return cls(d["vocab"], d["patches_per_image"])
+        from mmfv.io import read_json
+
+        d = read_json(path, "restore the model folder (copy it again, or retrain with mmfv train-tiny)")
+        try:
+            return cls(d["vocab"], d["patches_per_image"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{path} is damaged ({type(e).__name__}: {e}): restore the model folder") from None

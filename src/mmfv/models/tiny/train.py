@@ -61,6 +61,16 @@ class TrainConfig:
     intermediate_size: int = 512
     image_attention: str = "causal"  # "local": patches attend only within their own image
 
+    def __post_init__(self) -> None:
+        for k in ("steps", "batch", "n_items", "bank", "eval_every", "eval_sequences", "hidden_size", "layers", "heads", "intermediate_size"):
+            if getattr(self, k) <= 0:
+                raise ValueError(f"training setting {k} must be positive, got {getattr(self, k)}")
+        for k in ("lr", "min_lr_ratio", "weight_decay", "aux_weight", "patch_label_weight", "warmup"):
+            if not math.isfinite(getattr(self, k)) or getattr(self, k) < 0:
+                raise ValueError(f"training setting {k} must be a finite number >= 0, got {getattr(self, k)}")
+        if self.lr == 0:
+            raise ValueError("training setting lr must be positive, got 0")
+
     def scene_config(self) -> S.SceneConfig:
         return S.SceneConfig(grid=self.grid, cell_px=self.cell_px, query_cells=self.query_cells)
 
@@ -218,10 +228,28 @@ def evaluate_positions(model, bank, cfg, tok, P, explicit=False) -> dict:
     return {"by_k": [round(float(x), 4) for x in torch.cat(accs).mean(0)]}
 
 
+def save(model: MmfvTinyForCausalLM, tok: TinyTokenizer, out: Path) -> None:
+    """The checkpoint folder's files (config.json, model.safetensors, vocab.json), each replaced
+    atomically and durably: an interrupted save leaves the previous complete files."""
+    import shutil
+    import tempfile
+
+    from mmfv.io import write_bytes
+
+    tmp = Path(tempfile.mkdtemp(prefix=".save-", dir=out))
+    try:
+        model.save_pretrained(tmp)
+        for f in sorted(tmp.iterdir()):
+            write_bytes(out / f.name, f.read_bytes())
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    tok.save(out)
+
+
 def train(cfg: TrainConfig, out: str | Path, minutes: float | None = None, log=print) -> dict:
-    if minutes is not None and minutes <= 0:
-        raise ValueError(f"minutes must be positive, got {minutes}: it is the time budget of this training run")
     """Train mmfv-tiny into ``out`` (save_pretrained + vocab + card). Resumes from ``out/state.safetensors``."""
+    if minutes is not None and not 0 < minutes < math.inf:
+        raise ValueError(f"minutes must be positive, got {minutes}: it is the time budget of this training run")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -245,14 +273,11 @@ def train(cfg: TrainConfig, out: str | Path, minutes: float | None = None, log=p
         log(f"initialised from {cfg.init_from}")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     gen = torch.Generator().manual_seed(cfg.seed)
-    t0 = time.time()
-    log(f"building scene banks ({cfg.bank} train, held-out eval) ...")
-    bank = build_bank(cfg, tok, cfg.bank, "train")
-    ev_bank = build_bank(cfg, tok, max(400, cfg.eval_sequences * 2), "eval")
-    log(f"banks ready in {time.time() - t0:.1f}s; model {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params")
     step, history, done_minutes = 0, [], 0.0
+    if (out / "state.pt").exists():  # an older release's pickle: never unpickled
+        log(f"ignoring {out / 'state.pt'} (an older pickle checkpoint, never loaded): training resumes only from state.safetensors")
     ck = Checkpoint(out / "state.safetensors", {"train_config": asdict(cfg)})  # safetensors + JSON: loading runs no code
-    st = ck.load()
+    st = ck.load()  # before the scene banks: a damaged checkpoint fails at once
     if st is not None:
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["opt"])
@@ -260,6 +285,11 @@ def train(cfg: TrainConfig, out: str | Path, minutes: float | None = None, log=p
         step, history = st["step"], st["history"]
         done_minutes = st.get("minutes", 0.0)
         log(f"resumed at step {step}")
+    t0 = time.time()
+    log(f"building scene banks ({cfg.bank} train, held-out eval) ...")
+    bank = build_bank(cfg, tok, cfg.bank, "train")
+    ev_bank = build_bank(cfg, tok, max(400, cfg.eval_sequences * 2), "eval")
+    log(f"banks ready in {time.time() - t0:.1f}s; model {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params")
     erng = random.Random(f"explicit:{cfg.seed}")
     for _ in range(step):
         erng.random()
@@ -294,10 +324,8 @@ def train(cfg: TrainConfig, out: str | Path, minutes: float | None = None, log=p
             run = {"loss": 0.0, "acc": torch.zeros(cfg.n_items), "aux": 0.0, "n": 0}
             ck.save({"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(), "step": step, "history": history,
                      "minutes": done_minutes + (time.time() - t_start) / 60})
-            model.save_pretrained(out)
-            tok.save(out)
-    model.save_pretrained(out)
-    tok.save(out)
+            save(model, tok, out)
+    save(model, tok, out)
     card = {
         "name": "mmfv-tiny",
         "train_config": asdict(cfg),
