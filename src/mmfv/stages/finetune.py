@@ -50,6 +50,7 @@ def run(ctx: Context) -> dict:
     from mmfv import evaluate, plots
     from mmfv import vectors as V
     from mmfv.finetune import FinetuneSettings, finetune
+    from mmfv.injection import Stems
     from mmfv.stages import vectors as VS
 
     c, lmm, out, bs, seed = ctx.cfg.finetune, ctx.lmm, ctx.dir("finetune"), ctx.cfg.run.batch_size, ctx.seed
@@ -60,7 +61,8 @@ def run(ctx: Context) -> dict:
     check(ctx.cfg, lmm)
     train, val, test = ctx.items("train"), ctx.items("val"), ctx.items("test")
     res: dict = {"relations": {}, "sizes": list(c.sizes), "headline_size": c.headline_size}
-    acc = lambda prompts, vec=None, layer=None: evaluate.accuracy(lmm, prompts, vec, layer, bs, ctx.ex)["acc"]  # noqa: E731
+    stems = Stems(lmm) if c.cached else None  # test prompts prepared once for every tuned vector
+    acc = lambda prompts, vec=None, layer=None: evaluate.accuracy(lmm, prompts, vec, layer, bs, ctx.ex, stems)["acc"]  # noqa: E731
     def one(rel: str, fv: V.FunctionVector) -> dict:
         layer = ev["relations"][rel]["best_layer"]
         pool = train[rel]
