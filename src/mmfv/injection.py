@@ -62,11 +62,11 @@ def prepare(lmm: LMM, batch: Batch) -> Stem:
 
 
 def prompts_key(lmm: LMM, prompts: Sequence[Prompt]) -> str:
-    """What identifies a prompt batch's encoding: each prompt's text as the model's template writes it,
-    its images and its answer."""
+    """What identifies a prompt batch's encoding: each prompt's kind and items (image, query, answer,
+    relation), in order, and its text as the model's template writes it."""
     h = hashlib.sha256()
     for p in prompts:
-        h.update(json.dumps([lmm.template.render(p), p.image_ids, p.answer]).encode())
+        h.update(json.dumps([p.kind, [[it.image_id, it.query, it.answer, it.relation] for it in p.items], lmm.template.render(p)]).encode())
     return h.hexdigest()
 
 
