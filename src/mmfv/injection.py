@@ -82,9 +82,10 @@ class Stems:
         self._d: OrderedDict[str, tuple[Stem, int]] = OrderedDict()
         self.bytes = 0
         self.prepared = 0  # batches prepared so far (a re-preparation after a drop counts again)
+        self._keys: dict[tuple[int, ...], tuple[tuple[Prompt, ...], str]] = {}  # prompt objects' ids -> (them, content key)
 
     def get(self, prompts: Sequence[Prompt]) -> Stem:
-        key = prompts_key(self.lmm, prompts)
+        key = self._key(prompts)
         hit = self._d.get(key)
         if hit is not None:
             self._d.move_to_end(key)
@@ -100,11 +101,23 @@ class Stems:
             self.bytes += size
         return stem
 
+    def _key(self, prompts: Sequence[Prompt]) -> str:
+        """:func:`prompts_key`, remembered for these very prompt objects (held, so their ids stay theirs):
+        the same batches come back for every vector and layer."""
+        ids = tuple(map(id, prompts))
+        hit = self._keys.get(ids)
+        if hit is None:
+            if len(self._keys) >= 4096:
+                self._keys.clear()
+            hit = self._keys[ids] = (tuple(prompts), prompts_key(self.lmm, prompts))
+        return hit[1]
+
     def __len__(self) -> int:
         return len(self._d)
 
     def clear(self) -> None:
         self._d.clear()
+        self._keys.clear()
         self.bytes = 0
 
 
