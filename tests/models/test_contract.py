@@ -148,6 +148,80 @@ def test_skip_cma_equals_the_reference_engine(case):
             assert skip.shape == ref.shape and (skip - ref).abs().max() <= TOL, (name, hpb)
 
 
+def _hf_cache_modes(case):
+    if not hasattr(case.lmm, "cache_mode"):
+        pytest.skip(f"{case.name} has no KV cache modes (HF adapter only)")
+    assert case.lmm.cache_mode == "shared"  # the default
+
+
+@contextlib.contextmanager
+def _cache_mode(lmm, mode: str):
+    lmm.cache_mode = mode
+    try:
+        yield
+    finally:
+        lmm.cache_mode = "shared"
+
+
+def test_shared_prefix_cache_gives_the_ies_of_the_repeated_reference(case):
+    """HF adapters: the fast engine's rows sharing one prefix KV cache (default) give the IEs of the
+    row-repeated cache (``cache="repeat"``, the reference), for every head set."""
+    _hf_cache_modes(case)
+    lmm, items = case.lmm, case.items
+    corrupted = P.build("corrupted", items["left"], items, 2, 2, 5)
+    for name, hs in lmm.head_sets.items():
+        means, _ = cma.mean_activations(lmm, case.prompts, batch_size=8, head_set=name)
+        shared = cma.ie_fast(lmm, corrupted, means, heads_per_batch=5, head_set=name)
+        with _cache_mode(lmm, "repeat"):
+            ref = cma.ie_fast(lmm, corrupted, means, heads_per_batch=5, head_set=name)
+        assert ref.abs().max() > 0 and (shared - ref).abs().max() <= TOL, name
+
+
+@torch.no_grad()
+def test_shared_prefix_cache_does_not_grow_with_repeats(case, monkeypatch):
+    """HF adapters: whatever ``repeats``, the attention reads the prefix keys/values from the prefix
+    cache's own storage (no copy), and the cache handed to the forward holds the prefix's bytes plus
+    one key/value row per last-token row; the repeated reference grows with ``repeats``."""
+    _hf_cache_modes(case)
+    from mmfv.models import hf, hf_cache
+
+    lmm, batch = case.lmm, case.batch
+    pre = lmm.prefix(batch)
+    base = hf_cache.kv_bytes(pre.cache)
+    storages = {t.untyped_storage().data_ptr() for layer in pre.cache.layers for t in (layer.keys, layer.values) if t is not None and t.numel()}
+    seen, read = [], []
+    real_cache, real_attention = hf.last_cache, hf_cache.shared_attention
+
+    @contextlib.contextmanager
+    def spy_cache(*args):
+        with real_cache(*args) as cache:
+            yield cache
+        seen.append(cache)
+
+    def spy_attention(module, query, key, value, *args, **kwargs):
+        if hf_cache._active[-1].pending is not None or key.shape[0] < query.shape[0]:  # keys shared by the rows
+            read.append(key.untyped_storage().data_ptr() in storages)
+        return real_attention(module, query, key, value, *args, **kwargs)
+
+    monkeypatch.setattr(hf, "last_cache", spy_cache)
+    monkeypatch.setattr(hf_cache, "shared_attention", spy_attention)
+    hf_cache.ALL_ATTENTION_FUNCTIONS.register(hf_cache.NAME, spy_attention)
+    try:
+        own = []
+        for R in (1, 6):
+            lmm.last(pre, R)
+            run = seen[-1].mmfv_shared_run
+            assert hf_cache.kv_bytes(seen[-1]) - run.own_bytes == base, R
+            own.append(run.own_bytes)
+            with _cache_mode(lmm, "repeat"):
+                lmm.last(pre, R)
+            assert hf_cache.kv_bytes(seen[-1]) >= R * base, R  # the reference's copies: what the measure sees grow
+        assert own[1] == 6 * own[0] and own[0] * (batch.length - 1) <= 2 * base  # one row of own keys per last-token row
+        assert read and all(read)  # every shared attention read the prefix cache itself
+    finally:
+        hf_cache.ALL_ATTENTION_FUNCTIONS.register(hf_cache.NAME, real_attention)
+
+
 @torch.no_grad()
 def test_last_token_layer_by_layer_equals_last(case):
     """LastSteps (where an adapter has them) runs the same computation as ``last``; last_logits is the
