@@ -52,7 +52,7 @@ class _Run:
         self.repeats = repeats
         self.original = original
         self.pending: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (prefix keys, own keys, own values)
-        self.own_bytes = 0  # the rows' own keys/values, every layer (each is freed after its layer)
+        self.own_bytes = 0  # the most bytes of the rows' own keys/values at one layer (each layer's are freed after it)
 
 
 class SharedLayer(CacheLayerMixin):
@@ -83,7 +83,7 @@ class SharedLayer(CacheLayerMixin):
             k = key_states.new_zeros(key_states.shape[0] // self._run.repeats, key_states.shape[1], 0, key_states.shape[3])
             v = value_states.new_zeros(k.shape[0], value_states.shape[1], 0, value_states.shape[3])
         self._run.pending = (k, key_states, value_states)
-        self._run.own_bytes += key_states.nbytes + value_states.nbytes
+        self._run.own_bytes = max(self._run.own_bytes, key_states.nbytes + value_states.nbytes)
         return k, v
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
@@ -212,7 +212,7 @@ def shared_last(model: nn.Module, cache: Any, repeats: int) -> Iterator[Any]:
 
 def kv_bytes(cache: Any) -> int:
     """Bytes of the keys and values a cache holds (distinct storages counted once); for a shared cache
-    after its forward, plus every layer's own last-token rows (an upper bound: each is freed after its layer)."""
+    after its forward, plus the most that one layer's own last-token rows took (freed after that layer)."""
     run = getattr(cache, "mmfv_shared_run", None)
     seen, total = set(), run.own_bytes if run is not None else 0
     for layer in cache.layers:
