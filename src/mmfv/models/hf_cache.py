@@ -139,8 +139,8 @@ def shared_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, 
         raise RuntimeError("shared prefix cache: keys changed between the cache update and the attention")
     if run is None or (pending is None and key.shape[0] == query.shape[0]):  # one key row per query row: nothing shared
         return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, softcap=softcap, **kwargs)
-    if kwargs.get("s_aux") is not None:
-        raise NotImplementedError("shared prefix cache: attention sinks (s_aux) are not supported; use HFLMM(cache='repeat')")
+    if kwargs.get("s_aux") is not None or (dropout and module.training):
+        raise NotImplementedError("shared prefix cache: attention sinks (s_aux) and dropout are not supported; use HFLMM(cache='repeat')")
     run.pending = None
     N, H, q, d = query.shape
     B, kvH, P, _ = key.shape
@@ -149,13 +149,13 @@ def shared_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, 
     R, g = N // B, H // kvH
     scale = scaling if scaling is not None else d**-0.5
     # query (N, H, q, d) -> (B, kvH, R*g*q, d): one matmul per prompt and KV head against its prefix
-    qq = query.view(B, R, kvH, g, q, d).permute(0, 2, 1, 3, 4, 5).reshape(B, kvH, R * g * q, d)
+    qq = query.reshape(B, R, kvH, g, q, d).permute(0, 2, 1, 3, 4, 5).reshape(B, kvH, R * g * q, d)
     s_pre = (qq @ key.transpose(-1, -2)).mul_(scale).view(B, kvH, R, g, q, P)
     parts = [s_pre]
     if pending is not None:
         k_own, v_own = pending[1], pending[2]  # (N, kvH, q, d)
-        ko = k_own.view(B, R, kvH, 1, q, d).permute(0, 2, 1, 3, 4, 5)  # (B, kvH, R, 1, q, d)
-        qv = query.view(B, R, kvH, g, q, d).permute(0, 2, 1, 3, 4, 5)  # (B, kvH, R, g, q, d)
+        ko = k_own.reshape(B, R, kvH, 1, q, d).permute(0, 2, 1, 3, 4, 5)  # (B, kvH, R, 1, q, d)
+        qv = query.reshape(B, R, kvH, g, q, d).permute(0, 2, 1, 3, 4, 5)  # (B, kvH, R, g, q, d)
         parts.append((qv @ ko.transpose(-1, -2)).mul_(scale))  # (B, kvH, R, g, q, q)
     if softcap is not None:
         parts = [torch.tanh(s / softcap) * softcap for s in parts]
@@ -168,7 +168,7 @@ def shared_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, 
     w = torch.cat(parts, -1).softmax(-1, dtype=torch.float32).to(query.dtype)  # (B, kvH, R, g, q, P [+ q])
     out = (w[..., :P].reshape(B, kvH, R * g * q, P) @ value).view(B, kvH, R, g, q, d)
     if pending is not None:
-        vo = v_own.view(B, R, kvH, 1, q, d).permute(0, 2, 1, 3, 4, 5)
+        vo = v_own.reshape(B, R, kvH, 1, q, d).permute(0, 2, 1, 3, 4, 5)
         out = out + w[..., P:] @ vo
     return out.permute(0, 2, 1, 3, 4, 5).reshape(N, H, q, d).transpose(1, 2).contiguous(), None
 
