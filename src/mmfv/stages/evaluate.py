@@ -17,6 +17,8 @@ from mmfv.stages.base import Context, ReportSection, Stage
 class EvalSettings(Section):
     n: Count = Field(200, description="zero-shot prompts per relation and split (val: layer choice; test: reported)")
     head_counts: list[Count] = Field(default_factory=lambda: list(range(1, 21)), min_length=1, description="numbers of top heads for the head-count sweep (the default stops at the model's head count; counts you set must fit)")
+    cached: bool = Field(True, description="sweeps by cached injection: each prompt batch's prefix and last-token residuals computed once, "
+                                           "only the layers after the injection layer run per accuracy (false: a full forward each time)")
 
 
 def head_counts(cfg: Any, n: int, where: str) -> list[int]:
@@ -40,6 +42,7 @@ def check(cfg: Any, lmm: Any) -> None:
 def run(ctx: Context) -> dict:
     from mmfv import evaluate
     from mmfv import vectors as V
+    from mmfv.injection import Stems
     from mmfv.stages import cma as CMA
     from mmfv.stages import vectors as VS
 
@@ -48,26 +51,29 @@ def run(ctx: Context) -> dict:
     icl = ctx.results("icl")
     val, test = ctx.items("val"), ctx.items("test")
     res: dict = {"relations": {}}
+    stems = Stems(lmm) if c.cached else None
     for rel, fv in fvs.items():
         zs_val = P.build("zero-shot", val[rel], val, 0, c.n, ctx.seed)
         zs_test = P.build("zero-shot", test[rel], test, 0, c.n, ctx.seed)
         with ctx.ex.scope(rel):
-            sweep = evaluate.layer_sweep(lmm, zs_val, fv.vector, bs, ex=ctx.ex)
+            sweep = evaluate.layer_sweep(lmm, zs_val, fv.vector, bs, ex=ctx.ex, stems=stems)
             best = evaluate.best_layer(sweep)
             r = {
                 "zero_shot": evaluate.accuracy(lmm, zs_test, batch_size=bs, ex=ctx.ex)["acc"],
-                "fv": evaluate.accuracy(lmm, zs_test, fv.vector, best, bs, ctx.ex)["acc"],
+                "fv": evaluate.accuracy(lmm, zs_test, fv.vector, best, bs, ctx.ex, stems)["acc"],
                 "best_layer": best,
                 "layer_sweep_val": sweep,
-                "layer_sweep_test": evaluate.layer_sweep(lmm, zs_test, fv.vector, bs, ex=ctx.ex),
+                "layer_sweep_test": evaluate.layer_sweep(lmm, zs_test, fv.vector, bs, ex=ctx.ex, stems=stems),
             }
             cres = CMA.load(ctx.input("cma"), rel, lmm)
             ks = head_counts(ctx.cfg, cres.aie.numel(), f"the CMA results in {ctx.input('cma')}")
             r["head_count"] = {str(k): evaluate.accuracy(lmm, zs_test, V.build(lmm, cres.means, cres.top_heads(k), rel, head_set=cres.head_set).vector,
-                                                         best, bs, ctx.ex)["acc"] for k in ks}
+                                                         best, bs, ctx.ex, stems)["acc"] for k in ks}
         r["icl_by_shots"] = {k: icl["clean"][k][rel]["acc"] for k in icl["clean"]}
         fv.at(best).save(out / "vectors" / f"{rel}.safetensors")  # the vector with the layer chosen for it
         res["relations"][rel] = r
+        if stems is not None:
+            stems.clear()  # the next relation has other prompts
         ctx.ex.info("  %s: zero-shot %.3f  fv %.3f @ layer %d", rel, r["zero_shot"], r["fv"], best)
     rels = list(fvs)
     res["mean"] = {k: round(sum(res["relations"][r][k] for r in rels) / len(rels), 4) for k in ("zero_shot", "fv")}

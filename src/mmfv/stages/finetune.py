@@ -24,6 +24,8 @@ class FinetuneStageSettings(Section):
     search_layers: bool = Field(False, description="tune at each candidate layer (headline size) and keep the best on val; else the FV's own layer")
     layers: list[Index] = Field(default_factory=list, description="candidate layers for search_layers (empty: every layer)")
     batch_size: Count = Field(16, description="training prompts per step")
+    cached: bool = Field(False, description="cached injection: each training and val batch's prefix and last-token residuals computed once, "
+                                            "a step runs only the layers after the vector's (same method; float rounding differs, ~1e-6)")
     shots: list[Demos] = Field(default_factory=lambda: list(range(1, 9)), min_length=1, description="ICL baselines: numbers of demonstrations")
     n: Count = Field(200, description="val / test prompts per relation")
 
@@ -48,17 +50,19 @@ def run(ctx: Context) -> dict:
     from mmfv import evaluate
     from mmfv import vectors as V
     from mmfv.finetune import FinetuneSettings, finetune
+    from mmfv.injection import Stems
     from mmfv.stages import vectors as VS
 
     c, lmm, out, bs, seed = ctx.cfg.finetune, ctx.lmm, ctx.dir("finetune"), ctx.cfg.run.batch_size, ctx.seed
     fvs = VS.load(ctx.input("vectors"), ctx.relations, lmm)
     ev = ctx.results("eval")
-    settings = FinetuneSettings(epochs=c.epochs, lr=c.lr, schedule=c.schedule, batch_size=c.batch_size, seed=seed)
+    settings = FinetuneSettings(epochs=c.epochs, lr=c.lr, schedule=c.schedule, batch_size=c.batch_size, seed=seed, cached=c.cached)
     cands = (list(range(lmm.n_layers)) if not c.layers else list(c.layers)) if c.search_layers else []
     check(ctx.cfg, lmm)
     train, val, test = ctx.items("train"), ctx.items("val"), ctx.items("test")
     res: dict = {"relations": {}, "sizes": list(c.sizes), "headline_size": c.headline_size}
-    acc = lambda prompts, vec=None, layer=None: evaluate.accuracy(lmm, prompts, vec, layer, bs, ctx.ex)["acc"]  # noqa: E731
+    stems = Stems(lmm) if c.cached else None  # test prompts prepared once for every tuned vector
+    acc = lambda prompts, vec=None, layer=None: evaluate.accuracy(lmm, prompts, vec, layer, bs, ctx.ex, stems)["acc"]  # noqa: E731
     def one(rel: str, fv: V.FunctionVector) -> dict:
         layer = ev["relations"][rel]["best_layer"]
         pool = train[rel]
