@@ -24,7 +24,7 @@ class FinetuneStageSettings(Section):
     search_layers: bool = Field(False, description="tune at each candidate layer (headline size) and keep the best on val; else the FV's own layer")
     layers: list[Index] = Field(default_factory=list, description="candidate layers for search_layers (empty: every layer)")
     batch_size: Count = Field(16, description="training prompts per step")
-    cached: bool = Field(False, description="cached injection: each training and val batch's prefix and last-token residuals computed once, "
+    cached: bool = Field(True, description="cached injection: each training and val batch's prefix and last-token residuals computed once, "
                                             "a step runs only the layers after the vector's (same method; float rounding differs, ~1e-6)")
     shots: list[Demos] = Field(default_factory=lambda: list(range(1, 9)), min_length=1, description="ICL baselines: numbers of demonstrations")
     n: Count = Field(200, description="val / test prompts per relation")
