@@ -223,3 +223,18 @@ def test_a_corrected_config_after_a_failed_stage_keeps_finished_stages(model_dir
     assert json.loads((out / "run.json").read_text())["state"] == "failed"
     t = runner.run(small_config(model_dir), out, quiet=True)
     assert list(t) == ["finetune", "compose", "report"]
+    assert not (out / "replaced").exists()
+
+
+def test_a_finished_stage_whose_settings_changed_after_a_failure_is_kept_aside(model_dir, tmp_path):
+    """Resuming a failed run with a config that changes a finished stage reruns that stage and keeps
+    its earlier results in replaced/ (never deleted without --force)."""
+    bad = C.from_dict({**SMALL, "model": {"name": str(model_dir)}, "finetune": {**SMALL["finetune"], "sizes": [8, 16, 999], "headline_size": 16}})
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="training size 999"):
+        runner.run(bad, out, quiet=True)
+    before = (out / "eval" / "results.json").read_bytes()
+    fixed = C.from_dict({**SMALL, "model": {"name": str(model_dir)}, "eval": {**SMALL["eval"], "n": 6}})
+    assert list(runner.run(fixed, out, quiet=True)) == ["eval", "finetune", "compose", "report"]
+    kept = [p for p in (out / "replaced").iterdir() if p.name.startswith("eval-")]
+    assert len(kept) == 1 and (kept[0] / "results.json").read_bytes() == before

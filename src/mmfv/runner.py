@@ -114,12 +114,29 @@ def _claim(cfg: Any, out: Path, force: bool, weights: str, hashes: dict[str, str
                 what = (f"another config ({old.get('config_hash')} vs {cfg.hash()})" if changed
                         else f"another version of the model {cfg.model.name!r} (its weights changed)")
                 raise RunError(f"{out} holds results of {what}: choose another output folder or pass --force to rerun what changed")
-            if dist.is_main():  # keep the stages whose inputs are unchanged; clear the rest
+            if dist.is_main():  # keep the stages whose inputs are unchanged; set the rest aside
                 for name in S.NAMES:
-                    if _marker(out, name) not in (None, hashes[name]):
-                        shutil.rmtree(out / name, ignore_errors=True)
+                    old_hash = _marker(out, name)
+                    if old_hash not in (None, hashes[name]):
+                        _set_aside(out, name, old_hash, force)
     elif out.exists() and any(p.name not in _OURS for p in out.iterdir()) and not force:
         raise RunError(f"{out} is not empty and holds no mmfv run: choose another output folder or pass --force")
+
+
+def _set_aside(out: Path, name: str, old_hash: str, force: bool) -> None:
+    """A finished stage whose inputs changed: deleted under --force (asked for), else moved to
+    ``replaced/<stage>-<old hash>`` so that resuming a failed run with a changed config (or a newer
+    mmfv whose settings hash differently) never silently loses finished results."""
+    if force:
+        shutil.rmtree(out / name, ignore_errors=True)
+        return
+    dest = out / "replaced" / f"{name}-{old_hash[:12]}"
+    i = 1
+    while dest.exists():
+        dest, i = out / "replaced" / f"{name}-{old_hash[:12]}-{i}", i + 1
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    (out / name).rename(dest)
+    log.warning("[%s] its inputs or settings changed since it finished: rerunning it; the earlier results are kept in %s", name, dest)
 
 
 def _start(cfg: Any, out: Path, weights: str) -> None:
