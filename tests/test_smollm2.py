@@ -110,7 +110,7 @@ def test_mmfv_run_goes_end_to_end_on_the_real_model(tmp_path):
         files[-1].write_text(json.dumps([{"input": a, "output": b} for a, b in pairs]))
     cfg = C.from_dict({
         "model": {"name": "smollm2-135m"},
-        "data": {"dataset": "tasks", "files": [str(f) for f in files]},
+        "data": {"dataset": "tasks", "files": [str(f) for f in files], "relations": []},
         "icl": {"shots": [0, 2], "n": 6}, "cma": {"n_mean": 6, "n_cma": 2, "shots": 2, "top_k": 5},
         "eval": {"n": 4, "head_counts": [2, 5]},
         "finetune": {"sizes": [6], "headline_size": 6, "epochs": 1, "shots": [2], "n": 4},
