@@ -17,6 +17,7 @@ MODULES: tuple[str, ...] = (
     "evaluate",  # the eval stage
     "finetune",
     "compose",
+    "retain",
     "report",
 )
 """The registry: the modules of this package that hold a stage (``STAGE``), in pipeline order."""
