@@ -18,6 +18,7 @@ MODULES: tuple[str, ...] = (
     "finetune",
     "compose",
     "retain",
+    "novel",
     "report",
 )
 """The registry: the modules of this package that hold a stage (``STAGE``), in pipeline order."""
