@@ -19,6 +19,7 @@ MODULES: tuple[str, ...] = (
     "compose",
     "retain",
     "novel",
+    "rsa",
     "report",
 )
 """The registry: the modules of this package that hold a stage (``STAGE``), in pipeline order."""
