@@ -19,6 +19,7 @@ MODULES: tuple[str, ...] = (
     "compose",
     "retain",
     "novel",
+    "baselines",
     "rsa",
     "report",
 )
