@@ -20,6 +20,7 @@ MODULES: tuple[str, ...] = (
     "retain",
     "novel",
     "baselines",
+    "transfer",
     "rsa",
     "report",
 )
