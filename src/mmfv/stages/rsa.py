@@ -93,6 +93,7 @@ def run(ctx: Context) -> dict:
         fv = features(ctx.out, "vectors")
         res["vs_vectors"] = [rsa.compare(features(ctx.out, "means", l), fv, c.metric, c.perms, ctx.seed) | {"layer": l}
                              for l in range(n_layers(ctx.out))]
+    res |= {"a": "this run", "b": c.other or "this run"}  # results never depend on where the run folder is
     ctx.ex.info("RSA %s: rho %.3f, p %.4f (%d relations)", c.other or "layers", res["rho"], res["p"], len(res["relations"]))
     ctx.write("rsa", res)
     return res
