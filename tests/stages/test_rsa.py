@@ -72,3 +72,10 @@ def test_stage_within_one_run_and_against_another(runs):
     assert other["b"] == str(b) and "by_layer" not in other
     with pytest.raises(StageSkipped, match="rsa.enabled"):
         rsa.run(Context(C.from_dict({**SMALL, "rsa": {"enabled": False}}), a))
+
+
+def test_stage_skips_with_fewer_than_three_relations(runs, tmp_path):
+    a, _ = runs
+    cfg = C.from_dict({**SMALL, "data": {**SMALL["data"], "relations": ["above", "left"]}})
+    with pytest.raises(StageSkipped, match="at least 3 relations"):
+        rsa.run(Context(cfg, a))

@@ -50,8 +50,9 @@ def run(ctx: Context) -> dict:
             zs = P.build("zero-shot", its, items, 0, c.n, seed)
             acc = lambda v=None, layer=None: evaluate.accuracy(lmm, zs, v, layer, bs, ctx.ex)["acc"]  # noqa: E731
             with ctx.ex.scope(f"{rel} {name}"):
-                r[name] = {"items": len(its), "chance": D.chance(its), "zero_shot": acc(), "fv": acc(fvs[rel].vector, fvs[rel].layer),
-                           "icl": evaluate.accuracy(lmm, P.build("clean", its, items, c.shots, c.n, seed, ctx.protocol), batch_size=bs, ex=ctx.ex)["acc"]}
+                r[name] = {"items": len(its), "chance": D.chance(its), "zero_shot": acc(), "fv": acc(fvs[rel].vector, fvs[rel].layer), "icl": None}
+                if len({it.image_id for it in its}) > c.shots:  # demonstrations from other images of the same queries (else no ICL reference)
+                    r[name]["icl"] = evaluate.accuracy(lmm, P.build("clean", its, items, c.shots, c.n, seed, ctx.protocol), batch_size=bs, ex=ctx.ex)["acc"]
                 if rel in tuned:
                     r[name]["fv_tuned"] = acc(tuned[rel].vector, tuned[rel].layer)
         res["relations"][rel] = r

@@ -84,6 +84,9 @@ def run(ctx: Context) -> dict:
     c = ctx.cfg.rsa
     if not c.enabled:
         raise StageSkipped("off (rsa.enabled = false)")
+    shared = set(features(ctx.out, c.what if c.other else "vectors")) & (set(features(c.other, c.what)) if c.other else set(ctx.relations))
+    if len(shared) < 3:
+        raise StageSkipped(f"RSA needs at least 3 relations in both representations; there are {len(shared)}")
     if c.other:
         res = compare_runs(ctx.out, c.other, c.what, c.layer, c.other_layer, c.metric, c.perms, ctx.seed)
     else:  # two layers of this run (default: first and last), every layer pair, each layer against the function vectors
