@@ -45,6 +45,7 @@ def test_both_splits_each_vector_at_its_layer(run_dir):
     assert set(res["relations"]) == {"above", "left"} and "novel_objects" in res["how"]
     for r, v in res["relations"].items():
         assert set(v) == {"test", "novel"} and all(set(novel.KEYS) <= set(x) for x in v.values())
+        assert v["test"]["icl"] is None and 0 <= v["novel"]["icl"] <= 1  # the ICL reference: novel queries only
     test = ctx.items("test")
     tuned = V.FunctionVector.load(out / "finetune" / "vectors" / "left.safetensors")
     zs = P.build("zero-shot", test["left"], test, 0, 6, 0)

@@ -1,7 +1,8 @@
 """Stage ``novel``: do the vectors carry the relation to objects they never saw? Zero-shot accuracy
 with the extracted and the fine-tuned vector (each at its own layer) on novel-object queries —
 answers held out from building, tuning and choosing the vectors (:mod:`mmfv.data.novel`) — beside
-the same on ``test``, with clean k-shot ICL on both for reference."""
+the same on ``test``, with clean k-shot ICL on the novel queries for reference (can the model
+answer these objects at all?)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ class NovelSettings(Section):
     enabled: bool = Field(True, description="score the vectors on novel-object queries (false: the stage is skipped)")
     n: Count = Field(200, description="prompts per relation and split (test, novel)")
     scenes: Count = Field(400, description="synthetic data: scenes of the novel_objects split")
-    shots: Demos = Field(4, description="demonstrations of the ICL reference on both splits")
+    shots: Demos = Field(4, description="demonstrations of the ICL reference on the novel split (the icl stage has test's)")
 
 
 def run(ctx: Context) -> dict:
@@ -51,7 +52,9 @@ def run(ctx: Context) -> dict:
             acc = lambda v=None, layer=None: evaluate.accuracy(lmm, zs, v, layer, bs, ctx.ex)["acc"]  # noqa: E731
             with ctx.ex.scope(f"{rel} {name}"):
                 r[name] = {"items": len(its), "chance": D.chance(its), "zero_shot": acc(), "fv": acc(fvs[rel].vector, fvs[rel].layer), "icl": None}
-                if len({it.image_id for it in its}) > c.shots:  # demonstrations from other images of the same queries (else no ICL reference)
+                # ICL reference on the novel split only (the icl stage has test's): can the model answer these objects at all?
+                # demonstrations from other images of the same split (none when too few images)
+                if name == "novel" and len({it.image_id for it in its}) > c.shots:
                     r[name]["icl"] = evaluate.accuracy(lmm, P.build("clean", its, items, c.shots, c.n, seed, ctx.protocol), batch_size=bs, ex=ctx.ex)["acc"]
                 if rel in tuned:
                     r[name]["fv_tuned"] = acc(tuned[rel].vector, tuned[rel].layer)
@@ -82,7 +85,8 @@ def section(res: H.Results, out: Path) -> str:
                   "so a low FV score there says nothing about the vector") if nv.get("icl") is not None and nv["icl"] < 0.05 else ""
     return warn + H.table(["relation", "queries", "items", "chance", *names.values()], rows + mean,
                    caption=f"Accuracy on {H.esc(n)} prompts per relation and split. Novel objects: {H.esc(j.get('how', ''))}. "
-                           "Vectors at the layers chosen on val (extracted: eval stage; fine-tuned: finetune stage).")
+                           "Vectors at the layers chosen on val (extracted: eval stage; fine-tuned: finetune stage). ICL: novel queries only "
+                           "(test's is in the ICL section).")
 
 
 def table(res: dict) -> list[dict]:
