@@ -93,12 +93,13 @@ def section(res: H.Results, out: Path) -> str:
     sizes = [str(s) for s in j["sizes"]]
     d = j.get("params_fv")
     rows = [["extracted FV", d, *[_mean(j, "fv", n) for n in sizes]], ["fine-tuned FV", d, *[_mean(j, "fv_tuned", n) for n in sizes]]]
-    rows += [[m, v["params"], *[_mean(j, m, n) for n in sizes]] for m, v in j["methods"].items()]
+    order = sorted(j["methods"], key=lambda m: (j["methods"][m]["kind"], j["methods"][m]["size"]))  # JSON sorts names as text
+    rows += [[m, j["methods"][m]["params"], *[_mean(j, m, n) for n in sizes]] for m in order]
     html = H.table(["method", "trained parameters", *[f"n={n}" for n in sizes]], rows,
                    caption=f"Zero-shot test accuracy, mean over relations ({H.esc(j.get('n_eval', '?'))} prompts each), by training-set size; every method "
                            f"trained like the fine-tuned FV ({H.esc(j.get('epochs', '?'))} epochs, epoch chosen on val), the backbone frozen. "
                            f"The extracted FV is not trained (its d = {H.esc(d)} values come from the means). Training took {H.esc(j.get('seconds', '?'))} s.")
-    per = [[r, m, *[v[m].get(n, {}).get("acc") for n in sizes]] for r, v in j["relations"].items() for m in j["methods"]]
+    per = [[r, m, *[v[m].get(n, {}).get("acc") for n in sizes]] for r, v in j["relations"].items() for m in order]
     return html + res.fold("Baselines per relation", H.table(["relation", "method", *[f"n={n}" for n in sizes]], per))
 
 
