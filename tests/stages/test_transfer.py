@@ -64,3 +64,17 @@ def test_vectors_of_another_model_are_refused(tmp_path):
         transfer.run(Context(cfg(str(tmp_path / "src")), tmp_path / "here", _lmm=lmm))
     with pytest.raises(FileNotFoundError, match="transfer.source"):
         transfer.run(Context(cfg(str(tmp_path / "nowhere")), tmp_path / "here", _lmm=lmm))
+
+
+def test_the_source_folders_content_enters_the_stage_hash(tmp_path):
+    from mmfv.stages import STAGES
+    from mmfv.stages.base import stage_hashes
+
+    src = tmp_path / "src"
+    _vectors(random_tiny(seed=5), src, 1.0, 1)
+    h = lambda: stage_hashes(cfg(str(src)), STAGES, "w")  # noqa: E731
+    before = h()
+    (fv := V.FunctionVector.load(src / "eval" / "vectors" / "left.safetensors")).at(0).save(src / "eval" / "vectors" / "left.safetensors")
+    after = h()
+    assert after["transfer"] != before["transfer"] and {k for k in before if before[k] != after[k]} == {"transfer"}
+    assert fv.layer == 1

@@ -150,4 +150,4 @@ def table(res: dict) -> list[dict]:
 
 STAGE = Stage("rsa", "representational similarity of relations: layers of this run, or this run vs another", run, needs=("means", "vectors"),
               section="rsa", settings=RSASettings, report=(ReportSection("rsa", "Representational similarity (RSA) of the relations", section),),
-              table=table, uses_model=False)
+              table=table, uses_model=False, folders=lambda cfg: (cfg.rsa.other,) if cfg.rsa.other else ())

@@ -91,5 +91,5 @@ def table(res: dict) -> list[dict]:
 
 
 STAGE = Stage("transfer", "vectors of another run evaluated on this run's data (opt-in: transfer.source)", run, needs=("eval",),
-              section="transfer", settings=TransferSettings,
+              section="transfer", settings=TransferSettings, folders=lambda cfg: (cfg.transfer.source,) if cfg.transfer.source else (),
               report=(ReportSection("transfer", "Transfer: another run's vectors on this run's data", section),), table=table)
