@@ -124,11 +124,12 @@ def section(res: H.Results, out: Path) -> str:
     j = res.json("rsa")
     if "skipped" in j:
         return H.missing("rsa", f"skipped: {j['skipped']}")
-    kind = "exact over all label orders" if j["exact"] else f"{j['n_perm']} label permutations"
+    kind = (f"exact over all {j['n_perm']} label orders, so p ≥ 1/{j['n_perm']}" if j["exact"] else f"{j['n_perm']} label permutations")
     html = H.note(f"{j['what']}: {j['a']} (layer {j['layer_a']}) vs {j['b']} (layer {j['layer_b']}); layer −1 = all layers concatenated. "
                   f"Spearman rho of the RDMs' upper triangles {j['rho']:.3f}, p = {j['p']:.4f} ({kind}); {j['metric']} distances.")
     rels = j["relations"]
-    tabs = [f"<div><h3>RDM {s}</h3>" + H.table(["", *rels], [[r, *row] for r, row in zip(rels, j[f"rdm_{s}"])]) + "</div>" for s in ("a", "b")]
+    g = lambda v: H.Raw(f"{v:.3g}")  # noqa: E731 - dissimilarities can be tiny (early layers)
+    tabs = [f"<div><h3>RDM {s}</h3>" + H.table(["", *rels], [[r, *map(g, row)] for r, row in zip(rels, j[f"rdm_{s}"])]) + "</div>" for s in ("a", "b")]
     html += '<div class="tables">' + "".join(tabs) + "</div>"
     if j.get("vs_vectors"):
         html += "<h3>Each layer's mean activations vs the function vectors</h3>" + H.table(
