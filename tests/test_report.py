@@ -40,7 +40,7 @@ def extra_results(rng: random.Random) -> dict:
     nov = {"n_eval": 20, "shots": 4, "how": "held-out classes", "relations": {r: {"test": split(), "novel": split()} for r in RELS}}
     nov["mean"] = {s: {k: round(sum(nov["relations"][r][s][k] for r in RELS) / 4, 4) for k in ("zero_shot", "fv", "fv_tuned", "icl")} for s in ("test", "novel")}
     meth = {"LoRA r=1": {"kind": "lora", "size": 1, "params": 256, "lr": 0.01}, "prompt 4 tokens": {"kind": "prompt", "size": 4, "params": 128, "lr": 0.01}}
-    base = {"n_eval": 20, "epochs": 2, "sizes": [10, 20], "methods": meth, "params_fv": 32, "seconds": 1.5,
+    base = {"n_eval": 20, "epochs": 2, "sizes": [10, 20], "methods": meth, "params_fv": 32,
             "relations": {r: {"fv": _acc(rng), "fv_tuned": {"10": _acc(rng), "20": _acc(rng)},
                               **{m: {n: {"acc": _acc(rng), "best_epoch": 1, "val_acc": 0.5} for n in ("10", "20")} for m in meth}} for r in RELS}}
     tr = {"n_eval": 20, "source": "runs/synthetic", "relations": {r: {**{k: _acc(rng) for k in T.KEYS}, "layer_source": 1, "layer_val": 2} for r in RELS}}

@@ -17,7 +17,7 @@ from mmfv.stages.base import Context, StageSkipped  # noqa: E402
 from mmfv.testing import random_tiny  # noqa: E402
 
 
-def test_off_by_default_then_every_method_and_size(tmp_path):
+def test_off_by_default_then_every_method_and_size(tmp_path, monkeypatch):
     lmm = random_tiny(seed=5)
     ft = {"relations": {"left": {"fv": 0.25, "by_size": {"8": {"fv_tuned": 0.5}, "16": {"fv_tuned": 0.75}}}}}
     (tmp_path / "finetune").mkdir()
@@ -37,3 +37,11 @@ def test_off_by_default_then_every_method_and_size(tmp_path):
     assert len(baselines.table(res)) == 2
     page = baselines.section(H.Results(tmp_path), tmp_path)
     assert "LoRA r=1" in page and "trained parameters" in page
+    from mmfv import baselines as B
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished training ran again")
+
+    monkeypatch.setattr(B, "train", no_training)
+    again = baselines.run(Context(cfg, tmp_path, _lmm=lmm))  # resumed from the per-training checkpoints
+    assert again == res

@@ -38,6 +38,8 @@ def run(ctx: Context) -> dict:
 
     from mmfv import baselines as B
     from mmfv import evaluate
+    from mmfv.cma import prompts_fingerprint
+    from mmfv.execution import Checkpoint
     from mmfv.finetune import FinetuneSettings
 
     c, f, lmm, seed, bs = ctx.cfg.baselines, ctx.cfg.finetune, ctx.lmm, ctx.seed, ctx.cfg.run.batch_size
@@ -61,16 +63,21 @@ def run(ctx: Context) -> dict:
             r[name] = {}
             for n in sizes:
                 tr = P.build("zero-shot", train[rel], train, 0, n, seed)
-                with ctx.ex.scope(f"{rel} {name} n={n}"), (B.lora(lmm, k) if kind == "lora" else B.soft_prompt(lmm, k)) as params:
-                    got = B.train(lmm, params, tr, zs_val, settings, ctx.ex, f"{name} n={n}")
-                    acc = evaluate.accuracy(lmm, zs_test, batch_size=bs, ex=ctx.ex)["acc"]
-                r[name][str(n)] = {"acc": acc, "best_epoch": got.best_epoch, "val_acc": got.best_val_acc}
-                res["methods"][name] = {"kind": kind, "size": k, "params": got.n_params, "lr": settings.lr}
+                fp = {"train": prompts_fingerprint(tr), "val": prompts_fingerprint(zs_val), "test": prompts_fingerprint(zs_test), "method": [kind, k],
+                      "model": lmm.config_hash(), "settings": dataclasses.asdict(settings)}
+                ck = Checkpoint(ctx.dir("baselines") / "checkpoints" / f"{rel}_{kind}{k}_n{n}.safetensors", fp)  # a rerun skips finished trainings
+                if (done := ck.load()) is None:
+                    with ctx.ex.scope(f"{rel} {name} n={n}"), (B.lora(lmm, k) if kind == "lora" else B.soft_prompt(lmm, k)) as params:
+                        got = B.train(lmm, params, tr, zs_val, settings, ctx.ex, f"{name} n={n}")
+                        acc = evaluate.accuracy(lmm, zs_test, batch_size=bs, ex=ctx.ex)["acc"]
+                    done = {"acc": acc, "best_epoch": got.best_epoch, "val_acc": got.best_val_acc, "params": got.n_params}
+                    ck.save(done)
+                r[name][str(n)] = {key: done[key] for key in ("acc", "best_epoch", "val_acc")}
+                res["methods"][name] = {"kind": kind, "size": k, "params": done["params"], "lr": settings.lr}
         res["relations"][rel] = r
         ctx.ex.info("  %s: %s", rel, "  ".join(f"{m} {r[m][str(max(sizes))]['acc']:.3f}" for m, *_ in methods(c)))
     res["params_fv"] = lmm.hidden_size
-    res["seconds"] = round(time.perf_counter() - t0, 1)
-    ctx.ex.info("baselines trained in %.1fs", res["seconds"])
+    ctx.ex.info("baselines trained in %.1fs (the run's timings.json keeps it)", time.perf_counter() - t0)  # not in results: they stay reproducible
     out = {"model": lmm.model_id, "n_eval": f.n, "epochs": f.epochs, **res}
     ctx.write("baselines", out)
     return out
@@ -82,6 +89,16 @@ def _mean(res: dict, method: str, n: str) -> float | None:
         x = v["fv"] if method == "fv" else (v["fv_tuned"].get(n) if method == "fv_tuned" else v[method].get(n, {}).get("acc"))
         vals.append(x)
     return H.mean(vals)
+
+
+def _took(res: H.Results) -> str:
+    """The sentence ending the caption: how long the stage took (the run's timings.json), or nothing."""
+    try:
+        from mmfv.io import read_json
+
+        return f" The stage took {float(read_json(res.root / 'timings.json')['baselines']):.0f} s."
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
 
 
 def section(res: H.Results, out: Path) -> str:
@@ -98,7 +115,7 @@ def section(res: H.Results, out: Path) -> str:
     html = H.table(["method", "trained parameters", *[f"n={n}" for n in sizes]], rows,
                    caption=f"Zero-shot test accuracy, mean over relations ({H.esc(j.get('n_eval', '?'))} prompts each), by training-set size; every method "
                            f"trained like the fine-tuned FV ({H.esc(j.get('epochs', '?'))} epochs, epoch chosen on val), the backbone frozen. "
-                           f"The extracted FV is not trained (its d = {H.esc(d)} values come from the means). Training took {H.esc(j.get('seconds', '?'))} s.")
+                           f"The extracted FV is not trained (its d = {H.esc(d)} values come from the means).{_took(res)}")
     per = [[r, m, *[v[m].get(n, {}).get("acc") for n in sizes]] for r, v in j["relations"].items() for m in order]
     return html + res.fold("Baselines per relation", H.table(["relation", "method", *[f"n={n}" for n in sizes]], per))
 
