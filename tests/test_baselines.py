@@ -64,3 +64,28 @@ def test_bad_sizes():
         pass
     with pytest.raises(ValueError, match="virtual tokens"), B.soft_prompt(lmm, 0):
         pass
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "mllama"])
+def test_adapters_of_hf_families(family):
+    """Virtual tokens through prepend (position ids, mrope, token types, cross-attention rows) and the
+    embedding hook agree with explicit placeholders; LoRA finds every attention block and goes away."""
+    from mmfv.testing import hf_tiny
+
+    lmm = hf_tiny(family)
+    cfg = lmm.scene_config() if hasattr(lmm, "scene_config") else None
+    items = synthetic.items("test", 30, ("left",), seed=0, config=cfg)
+    prompts = P.build("clean", items["left"], items, 1, 4, 0)
+    batch = lmm.encode(prompts)
+    plain = lmm.last_logits(batch).detach()
+    fill = batch.inputs["input_ids"][:, -1]
+    assert (fill == fill[0]).all()
+    reference = lmm.last_logits(lmm.prepend(batch, 2)).detach()
+    assert not torch.allclose(reference, plain, atol=1e-3)  # the placeholders are attended
+    with B.soft_prompt(lmm, 2, init=lmm.input_embeddings()(fill[:1]).detach().expand(2, -1)):
+        assert torch.allclose(lmm.last_logits(lmm.encode(prompts)), reference, atol=1e-4)
+    before = weights_digest(lmm)
+    n = sum(len(lmm.attention_projections(l, hs.name)) for hs in lmm.head_sets.values() for l in range(hs.n_layers))
+    with B.lora(lmm, 1) as params:
+        assert len(params) == 2 * n and torch.allclose(lmm.last_logits(batch), plain, atol=1e-5)
+    assert weights_digest(lmm) == before and torch.allclose(lmm.last_logits(batch), plain, atol=1e-5)

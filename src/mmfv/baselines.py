@@ -38,7 +38,7 @@ class BaselineResult:
 
 @contextmanager
 def lora(lmm: LMM, rank: int, layers: Sequence[int] | None = None, alpha: float | None = None) -> Iterator[list[nn.Parameter]]:
-    """LoRA (``peft``) of ``rank`` on the attention projections of ``layers`` (default: all), the rest
+    """LoRA (``peft``) of ``rank`` on the attention projections of ``layers`` (default: all, of every head set), the rest
     frozen; yields the trainable parameters (B starts at zero: the model starts unchanged). On exit
     the adapter is removed and the original modules put back."""
     try:
@@ -48,7 +48,8 @@ def lora(lmm: LMM, rank: int, layers: Sequence[int] | None = None, alpha: float 
         raise ImportError("the LoRA baseline needs peft: pip install 'mmfv[peft]'") from None
     if not isinstance(rank, int) or rank < 1:
         raise ValueError(f"LoRA rank must be a positive integer, got {rank!r}")
-    names = [n for l in (range(lmm.n_layers) if layers is None else layers) for n in lmm.attention_projections(l)]
+    sets = [(hs.name, range(hs.n_layers) if layers is None else layers) for hs in lmm.head_sets.values()]  # self- and any cross-attention
+    names = list(dict.fromkeys(n for name, ls in sets for l in ls for n in lmm.attention_projections(l, name)))
     lmm.freeze()
     cfg = LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else rank, target_modules=names, lora_dropout=0.0, bias="none")
     model = LoraModel(lmm.module, cfg, "default")
@@ -62,15 +63,16 @@ def lora(lmm: LMM, rank: int, layers: Sequence[int] | None = None, alpha: float 
 @contextmanager
 def soft_prompt(lmm: LMM, n_tokens: int, init: torch.Tensor | None = None) -> Iterator[list[nn.Parameter]]:
     """``n_tokens`` trainable virtual-token embeddings (n, D) before every prompt the model encodes
-    inside the context (initialised from ``init``, else from random rows of the token embedding
-    table); yields ``[the (n, D) parameter]``. On exit the model encodes and runs as before."""
+    inside the context (initialised from ``init``, else from the embeddings of random tokens);
+    yields ``[the (n, D) parameter]``. On exit the model encodes and runs as before."""
     if not isinstance(n_tokens, int) or n_tokens < 1:
         raise ValueError(f"virtual tokens must be a positive integer, got {n_tokens!r}")
     lmm.freeze()
     emb = lmm.input_embeddings()
-    if init is None:
-        table = emb.weight.detach()
-        init = table[torch.randint(table.shape[0], (n_tokens,), generator=torch.Generator().manual_seed(0))]
+    if init is None:  # what the embedding module outputs for random tokens (some models scale their embeddings)
+        with torch.no_grad():
+            ids = torch.randint(emb.num_embeddings, (n_tokens,), generator=torch.Generator().manual_seed(0))
+            init = emb(ids.to(emb.weight.device))
     soft = nn.Parameter(init.detach().clone().float().reshape(n_tokens, lmm.hidden_size))
 
     def hook(mod, args, out):  # out: (B, n + T, D)

@@ -178,13 +178,22 @@ class LMM(abc.ABC):
         """``batch`` with ``n`` placeholder positions before every prompt: attended, numbered first (the
         real tokens' positions move up by ``n``), holding a text token whose embedding a hook on
         :meth:`input_embeddings` replaces (soft prompts, virtual tokens). This default extends
-        ``input_ids`` and ``attention_mask``; an adapter whose other inputs index token positions
-        (precomputed position ids, token-type rows) overrides it."""
+        ``input_ids``, ``attention_mask``, precomputed ``position_ids`` (..., B, T) (the placeholders
+        take 0..n−1, the prompt's move up by n) and any other per-token (B, T, …) rows (token types:
+        the placeholders are text, like each row's last token); an adapter with other
+        position-indexed inputs overrides it."""
         inp = dict(batch.inputs)
         ids, mask = inp["input_ids"], inp["attention_mask"]
         fill = ids[:, -1:].expand(-1, n)  # each row's last prompt token: a text token, never an image slot
         inp["input_ids"] = torch.cat([fill, ids], 1)
         inp["attention_mask"] = torch.cat([torch.ones_like(fill, dtype=mask.dtype), mask], 1)
+        for k, v in batch.inputs.items():
+            if k in ("input_ids", "attention_mask") or not isinstance(v, torch.Tensor):
+                continue
+            if k == "position_ids":
+                inp[k] = torch.cat([torch.arange(n, dtype=v.dtype, device=v.device).expand(*v.shape[:-1], n), v + n], -1)
+            elif v.dim() >= 2 and v.shape[:2] == ids.shape:  # (B, T, ...) per-token rows
+                inp[k] = torch.cat([v[:, -1:].expand(-1, n, *v.shape[2:]), v], 1)
         return Batch(inp, batch.answer_ids, batch.prompts)
 
     # --- running ------------------------------------------------------------------------------
