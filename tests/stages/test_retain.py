@@ -68,3 +68,13 @@ def test_chosen_kinds_and_off_switch(run_dir):
     with pytest.raises(StageSkipped, match="retain.enabled"):
         retain.run(Context(cfg(enabled=False), out, _lmm=lmm))
     assert C.Config().retain.enabled  # on by default
+
+
+def test_cli_flag_of_the_vector_kinds():
+    from mmfv.cli import build_parser
+    from mmfv.cli.stage_verbs import config_from_args
+
+    a = build_parser().parse_args(["retain", "--vectors", "extracted,tuned"])
+    assert config_from_args(a).retain.vectors == ["extracted", "tuned"]
+    with pytest.raises(C.ConfigError, match="retain.vectors"):
+        config_from_args(build_parser().parse_args(["retain", "--vectors", "nope"]))
