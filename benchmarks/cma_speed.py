@@ -1,15 +1,18 @@
-"""CMA speed: the reference (published) engine vs the fast KV-cached engine, side by side.
+"""CMA speed: the reference (published) engine, the fast KV-cached engine and the layer-skipping
+engine, side by side in one process, against the floor (the prompts' prefix pass alone).
 
-Prints the AIE agreement, the speed ratio, the fast engine's ratio to the limit (the same passes —
-one prompt pass + the batched last-token passes — with no patching at all), and the attribution-
-patching screening estimate with its rank correlation to the exact AIE (an estimate, not exact).
-Last line: ``cma speedup <x>x, limit ratio <y>x, max abs AIE diff <e>``.
+Each timing is a warm-up run and then ``--repeats`` runs (at least 3); min and median are printed.
+Also printed: each engine's largest IE difference from the reference, and (unless ``--no-screen``)
+the attribution-patching screening estimate with its rank correlation to the exact AIE (an
+estimate, not exact). Last line:
+``cma skip/fast <x>x (cpu ...), skip/floor <y>x (cpu ...), reference/skip <z>x, max abs AIE diff <e>``
+(medians of wall-clock and of CPU time).
 
-    python benchmarks/cma_speed.py [--model tiny] [--relation left] [--n-cma 25] [--shots 5]
+    python benchmarks/cma_speed.py [--model tiny] [--relation left] [--n-cma 8] [--shots 5] [--repeats 3]
     python benchmarks/cma_speed.py --model smolvlm-256m-random --n-mean 4 --n-cma 2 --shots 4 --no-screen
 
 ``--model`` takes anything ``load_model`` does, or a real-sized random-weight model from
-benchmarks/real_size.py (SmolVLM-256M dimensions). Both engines start from the same warm per-image
+benchmarks/real_size.py (SmolVLM-256M dimensions). Every engine starts from the same warm per-image
 feature cache; the line ``vision tower`` shows each image is encoded once however many heads are patched.
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Callable
 
 import torch
 
@@ -25,10 +29,12 @@ from mmfv import prompts as P
 from mmfv import relations as R
 from mmfv.settings import DataSettings
 
-try:
-    from real_size import load  # run as a script: benchmarks/ is on sys.path
+try:  # run as a script: benchmarks/ is on sys.path
+    from real_size import load
+    from timing import timed
 except ImportError:  # imported as benchmarks.cma_speed
     from benchmarks.real_size import load
+    from benchmarks.timing import timed
 
 
 def main() -> None:
@@ -36,13 +42,16 @@ def main() -> None:
     ap.add_argument("--model", default="tiny")
     ap.add_argument("--relation", default="left")
     ap.add_argument("--n-mean", type=int, default=100)
-    ap.add_argument("--n-cma", type=int, default=25)
+    ap.add_argument("--n-cma", type=int, default=8)
     ap.add_argument("--shots", type=int, default=5)
-    ap.add_argument("--batch-size", type=int, default=8, help="prompts per fast-engine batch")
+    ap.add_argument("--batch-size", type=int, default=8, help="prompts per fast/skip-engine batch")
     ap.add_argument("--heads-per-batch", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per engine after one warm-up (at least 3)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-screen", action="store_true", help="skip attribution patching (its backward is slow on big models)")
     a = ap.parse_args()
+    if a.repeats < 3:
+        ap.error("--repeats must be at least 3")
     torch.set_num_threads(a.threads)
     lmm = load(a.model)
     data = DataSettings()
@@ -51,7 +60,8 @@ def main() -> None:
     corrupt = P.build("corrupted", items[a.relation], items, a.shots, a.n_cma, data.seed + 1)
     means, _ = cma.mean_activations(lmm, clean)
     L, H = lmm.n_layers, lmm.n_heads
-    print(f"model {lmm.model_id}: {L} layers x {H} heads; {a.n_cma} corrupted {a.shots}-shot prompts of {lmm.encode(corrupt[:1]).length} tokens; relation {a.relation}")
+    print(f"model {lmm.model_id}: {L} layers x {H} heads; {a.n_cma} corrupted {a.shots}-shot prompts of {lmm.encode(corrupt[:1]).length} tokens; "
+          f"relation {a.relation}; warm-up + {a.repeats} runs each, torch threads {a.threads}")
 
     calls: list[int] = []
     counting = hasattr(lmm, "_features")
@@ -59,45 +69,44 @@ def main() -> None:
         inner = lmm._features
         lmm._features = lambda px: calls.append(1) or inner(px)
     t0 = time.perf_counter()
-    lmm.encode(corrupt)  # warm the image-feature cache for both engines alike
+    lmm.encode(corrupt)  # warm the image-feature cache for every engine alike
     t_img = time.perf_counter() - t0
     n_warm = len(calls)
-    t0 = time.perf_counter()
-    ref = torch.stack([cma.ie_reference(lmm, p, means) for p in corrupt])
-    t_ref = time.perf_counter() - t0
+    bs = a.batch_size
+    batches = [corrupt[i : i + bs] for i in range(0, len(corrupt), bs)]
 
-    t0 = time.perf_counter()
-    fast = torch.cat([cma.ie_fast(lmm, corrupt[i : i + a.batch_size], means, a.heads_per_batch) for i in range(0, len(corrupt), a.batch_size)])
-    t_fast = time.perf_counter() - t0
+    def engine(name: str) -> Callable[[], torch.Tensor]:
+        if name == "reference":
+            return lambda: torch.stack([cma.ie_reference(lmm, p, means) for p in corrupt])
+        fn = getattr(cma, f"ie_{name}")
+        return lambda: torch.cat([fn(lmm, b, means, a.heads_per_batch) for b in batches])
 
-    # The limit: the same passes without any patching hooks.
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        for i in range(0, len(corrupt), a.batch_size):
-            b = lmm.encode(corrupt[i : i + a.batch_size])
-            pre = lmm.prefix(b)
-            lmm.last(pre, 1)
-            for s in range(0, L * H, a.heads_per_batch):
-                lmm.last(pre, min(a.heads_per_batch, L * H - s))
-    t_lim = time.perf_counter() - t0
+    @torch.no_grad()
+    def floor() -> None:  # what every exact engine must do at least: encode and run the prompts' prefix
+        for b in batches:
+            lmm.prefix(lmm.encode(b))
 
-    est = None
-    if not a.no_screen:
-        t0 = time.perf_counter()
-        est = cma.attribution_patching(lmm, corrupt, means)
-        t_ap = time.perf_counter() - t0
-
-    diff = float((fast.mean(0) - ref.mean(0)).abs().max())
-    print(f"reference engine: {t_ref:8.2f}s  ({a.n_cma * (1 + L * H)} full passes, batch 1)")
-    print(f"fast engine:      {t_fast:8.2f}s  (KV cache of T-1 positions, {a.heads_per_batch} heads per last-token batch)")
-    print(f"limit (no hooks): {t_lim:8.2f}s")
+    rows = {name: timed(engine(name), a.repeats) for name in ("reference", "fast", "skip")}
+    rows["floor (prefix only)"] = timed(floor, a.repeats)
+    ref = rows["reference"][1]
+    fast, flo = rows["fast"][0], rows["floor (prefix only)"][0]
+    print(f"{'':<20} {'wall min s':>10} {'median s':>9} {'cpu s':>8} {'/ fast':>7} {'/ floor':>8} {'cpu / fast':>11} {'cpu / floor':>12}  max |IE - reference|")
+    for name, (t, out) in rows.items():
+        diff = f"{float((out - ref).abs().max()):.2e}" if isinstance(out, torch.Tensor) else ""
+        print(f"{name:<20} {t.min:10.3f} {t.median:9.3f} {t.cpu_median:8.3f} {t.median / fast.median:7.2f} {t.median / flo.median:8.2f} "
+              f"{t.cpu_median / fast.cpu_median:11.2f} {t.cpu_median / flo.cpu_median:12.2f}  {diff}")
+    print(f"(reference: {a.n_cma * (1 + L * H)} full passes, batch 1; fast: KV cache of T-1 positions, {a.heads_per_batch} heads per "
+          f"last-token batch through all {L} layers; skip: each row from its own layer on)")
     if counting:
-        print(f"vision tower:     {n_warm} runs ({t_img:.2f}s) to encode the corrupted prompts' images, {len(calls) - n_warm} during both engines")
-    if est is not None:
+        print(f"vision tower: {n_warm} runs ({t_img:.2f}s) to encode the corrupted prompts' images, {len(calls) - n_warm} during all engines")
+    if not a.no_screen:
+        t_ap, est = timed(lambda: cma.attribution_patching(lmm, corrupt, means), a.repeats)
         rho = cma.spearman(est.mean(0), ref.mean(0))
-        print(f"attribution patching (screening estimate, not exact): {t_ap:.2f}s, Spearman rho vs exact AIE {rho:.3f}")
-    print(f"max abs IE diff per prompt {float((fast - ref).abs().max()):.2e} (largest |IE| {float(ref.abs().max()):.2e})")
-    print(f"cma speedup {t_ref / t_fast:.1f}x, limit ratio {t_fast / t_lim:.2f}x, max abs AIE diff {diff:.2e}")
+        print(f"attribution patching (screening estimate, not exact): median {t_ap.median:.2f}s, Spearman rho vs exact AIE {rho:.3f}")
+    skip = rows["skip"][0]
+    diff = max(float((rows[e][1].mean(0) - ref.mean(0)).abs().max()) for e in ("fast", "skip"))
+    print(f"cma skip/fast {skip.median / fast.median:.2f}x (cpu {skip.cpu_median / fast.cpu_median:.2f}x), skip/floor {skip.median / flo.median:.2f}x "
+          f"(cpu {skip.cpu_median / flo.cpu_median:.2f}x), reference/skip {rows['reference'][0].median / skip.median:.1f}x, max abs AIE diff {diff:.2e}")
 
 
 if __name__ == "__main__":

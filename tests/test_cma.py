@@ -23,14 +23,36 @@ def setup():
     return lmm, clean, corrupt
 
 
-def test_fast_equals_reference(setup):
+@pytest.mark.parametrize("engine", ["fast", "skip"])
+def test_fast_engines_equal_reference(setup, engine):
     lmm, clean, corrupt = setup
-    fast = cma.run_cma(lmm, clean, corrupt, engine="fast", batch_size=3, heads_per_batch=5)
+    fast = cma.run_cma(lmm, clean, corrupt, engine=engine, batch_size=3, heads_per_batch=5)
     ref = cma.run_cma(lmm, clean, corrupt, engine="reference")
-    assert fast.ie.shape == (4, lmm.n_layers, lmm.n_heads)
+    assert fast.ie.shape == (4, lmm.n_layers, lmm.n_heads) and fast.engine == engine
     assert (fast.ie - ref.ie).abs().max() <= 1e-5
     assert (fast.aie - ref.aie).abs().max() <= 1e-5
     assert ref.ie.abs().max() > 1e-4  # effects are not all zero: the comparison means something
+
+
+def test_skip_runs_fewer_layer_rows_than_fast(setup):
+    """The skip engine's saving, counted: a row patching layer l runs decoder layers l..L-1 only."""
+    lmm, clean, corrupt = setup
+    means, _ = cma.mean_activations(lmm, clean)
+    rows = {"n": 0}
+    hs = [lmm.decoder_layer(l).register_forward_pre_hook(lambda m, a: rows.__setitem__("n", rows["n"] + a[0].shape[0])) for l in range(lmm.n_layers)]
+    try:
+        counts = {}
+        for engine in ("fast", "skip"):
+            rows["n"] = 0
+            getattr(cma, f"ie_{engine}")(lmm, corrupt, means, heads_per_batch=64)
+            counts[engine] = rows["n"]
+    finally:
+        for h in hs:
+            h.remove()
+    N, L, H = len(corrupt), lmm.n_layers, lmm.n_heads
+    # fast: the prefix pass, the unpatched token and L*H rows through all L layers; skip: layer l's H rows through L-l layers
+    assert counts["fast"] == N * L * (1 + 1 + L * H)
+    assert counts["skip"] == N * L * (1 + 1) + N * H * sum(L - l for l in range(L))
 
 
 def test_means_only_correct_and_counts(setup):
@@ -116,6 +138,8 @@ def test_fast_equals_reference_on_shipped_mmfv_tiny():
     clean = P.build("clean", items["above"], items, 5, 16, 0)
     corrupt = P.build("corrupted", items["above"], items, 5, 3, 1)
     fast = cma.run_cma(lmm, clean, corrupt, engine="fast", batch_size=2)
-    ref = cma.run_cma(lmm, clean, corrupt, engine="reference")
+    skip = cma.run_cma(lmm, clean, corrupt, engine="skip", batch_size=2, means=(fast.means, fast.n_mean))
+    ref = cma.run_cma(lmm, clean, corrupt, engine="reference", means=(fast.means, fast.n_mean))
     assert (fast.ie - ref.ie).abs().max() <= 1e-5
+    assert (skip.ie - ref.ie).abs().max() <= 1e-5
     assert ref.aie.max() > 1e-3  # effects are real, not numerically zero

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import pytest
 import torch
 
@@ -38,6 +41,53 @@ def test_model_stays_frozen_and_vector_learns(setup):
     assert res.best_val_acc == max(c["val_acc"] for c in res.curve)
 
 
+@pytest.mark.parametrize("layer", [0, 1])
+def test_cached_injection_trains_the_same_vector(setup, layer):
+    """Cached fine-tuning (prefix and residuals prepared once, only layers > l per step) against the
+    reference (a hook on a full forward): the same final vector to 1e-5, the same losses (5 decimals),
+    val accuracies and chosen epoch; the model stays frozen."""
+    lmm, train, val = setup
+    before = FT.weights_digest(lmm)
+    init = torch.randn(lmm.hidden_size, generator=torch.Generator().manual_seed(1))
+    ref = FT.finetune(lmm, init, layer, train, val, SET)
+    got = FT.finetune(lmm, init, layer, train, val, dataclasses.replace(SET, cached=True))
+    assert FT.weights_digest(lmm) == before
+    assert (got.vector - ref.vector).abs().max() <= 1e-5
+    assert not torch.equal(ref.vector, init)  # it trained
+    assert got.curve == ref.curve and got.best_epoch == ref.best_epoch
+
+
+def test_cached_checkpoints_are_their_own(setup, tmp_path, monkeypatch):
+    """A cached run resumes from its own checkpoints exactly; the reference path refuses them (and the
+    reference path's fingerprint is what it was before the cached path existed)."""
+    lmm, train, val = setup
+    cached = dataclasses.replace(SET, cached=True)
+    full = FT.finetune(lmm, torch.zeros(lmm.hidden_size), 1, train, val, cached)
+    ck = tmp_path / "ft.safetensors"
+    real, calls = evaluate.accuracy, {"n": 0}
+
+    def dying(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(evaluate, "accuracy", dying)
+    with pytest.raises(KeyboardInterrupt):
+        FT.finetune(lmm, torch.zeros(lmm.hidden_size), 1, train, val, cached, checkpoint=ck)
+    monkeypatch.setattr(evaluate, "accuracy", real)
+    resumed = FT.finetune(lmm, torch.zeros(lmm.hidden_size), 1, train, val, cached, checkpoint=ck)
+    assert torch.equal(resumed.vector, full.vector) and resumed.curve == full.curve
+    with pytest.raises(ValueError, match="belongs to other work"):
+        FT.finetune(lmm, torch.zeros(lmm.hidden_size), 1, train, val, SET, checkpoint=ck)
+    ref_ck = tmp_path / "ref.safetensors"
+    FT.finetune(lmm, torch.zeros(lmm.hidden_size), 1, train, val, SET, checkpoint=ref_ck)
+    from safetensors import safe_open
+
+    with safe_open(str(ref_ck), "pt") as f:
+        assert "cached" not in json.loads(f.metadata()["fingerprint"])["settings"]
+
+
 def test_selection_sees_only_train_and_val(setup, monkeypatch):
     lmm, train, val = setup
     seen: set[str] = set()
@@ -49,6 +99,7 @@ def test_selection_sees_only_train_and_val(setup, monkeypatch):
 
     monkeypatch.setattr(lmm, "encode", spy)
     FT.finetune(lmm, torch.zeros(lmm.hidden_size), 0, train, val, SET)
+    FT.finetune(lmm, torch.zeros(lmm.hidden_size), 0, train, val, dataclasses.replace(SET, cached=True))
     allowed = {i for p in train + val for i in p.image_ids}
     assert seen and seen <= allowed
     assert not any(i.startswith("test-") for i in seen)

@@ -103,6 +103,17 @@ def test_y_axis_follows_the_data():
     assert lo < -0.2 and hi > 0.4
 
 
+def test_equal_series_stay_visible_and_the_legend_says_they_coincide():
+    """A series drawn over an equal one (two relations with one learning curve) differs in marker and
+    dash, so both show; its legend entry names the series it covers."""
+    fig = plots.curves({"left": [0.9, 0.8], "right": [0.9, 0.8], "up": [0.5, 0.6]}, [1, 2], "epoch", "acc", "curves")
+    lines = fig.axes[0].get_lines()
+    assert len({(l.get_marker(), str(l.get_linestyle())) for l in lines}) == 3
+    assert len({l.get_color() for l in lines}) == 3
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["left", "right (= left)", "up"]
+
+
 def test_reference_lines_are_in_the_legend_not_text_on_the_axes():
     fig = plots.curves({"left": [0.2, 0.5]}, [0, 1], "x", "y", "t", hlines={"chance": 0.25, "zero-shot": 0.3})
     (legend,) = fig.legends

@@ -194,7 +194,9 @@ def test_report_has_every_section_and_number(tmp_path):
     assert row_ks == ["0", "1", "2", "4", "16"]
     assert "no model given" in page
     out = tmp_path / "run" / "report"
-    assert {"icl_mean.png", "icl_clean.png", "icl_corrupted.png", "summary_bars.png"} <= {p.name for p in out.glob("*.png")}
+    assert {"icl_mean.png", "icl_clean.png", "icl_corrupted.png", "summary_bars.png", "accuracy_vs_size.png", "learning_curves.png"} <= {
+        p.name for p in out.glob("*.png")}  # fine-tuning figures redrawn from results.json in the current style
+    assert ".figs{display:flex;flex-direction:column" in page and "calc(50%" not in page  # one figure per row, never shrunk to half
     # Deterministic: the same inputs give the same bytes.
     first = {p.name: p.read_bytes() for p in out.iterdir()}
     build_report(tmp_path / "run")

@@ -56,6 +56,20 @@ def test_full_run_writes_every_stage(reference_run):
     assert set(ev["mean"]) >= {"zero_shot", "fv"} and "best_layer" in ev["left"]
 
 
+def test_progress_lines_use_only_this_folders_earlier_timings(model_dir, reference_run):
+    """A first run has no ETA (and says so); a rerun of the same work here estimates from its timings."""
+    out, timings = reference_run
+    first = (out / "log.txt").read_text().splitlines()
+    assert "ETA: none yet" in first[0] and "ETA ~" not in first[0]
+    n = len(runner.STAGES)
+    assert any("[report] finished in" in l and f"{n}/{n} stages" in l for l in first)
+    runner.run(small_config(model_dir), out, start="report", quiet=True)
+    log = (out / "log.txt").read_text().splitlines()[len(first):]
+    header = next(l for l in log if " run: model " in l)
+    assert "ETA ~" in header and "earlier timings" in header
+    assert any("[report] running (took" in l for l in log)
+
+
 def test_rerun_skips_finished_stages(model_dir, reference_run):
     out, _ = reference_run
     before = results(out)
@@ -72,6 +86,15 @@ def test_only_and_from(model_dir, reference_run):
     assert results(out) == before
     with pytest.raises(runner.RunError, match="unknown stage"):
         runner.run(small_config(model_dir), out, only="nope", quiet=True)
+
+
+def test_a_stage_whose_inputs_are_missing_is_refused_and_the_folder_state_kept(model_dir, tmp_path):
+    out = tmp_path / "partial"
+    runner.run(small_config(model_dir), out, only="data", quiet=True)
+    state = json.loads((out / "run.json").read_text())["state"]
+    with pytest.raises(runner.RunError, match="stage cma needs means first"):
+        runner.run(small_config(model_dir), out, only="cma", quiet=True)
+    assert json.loads((out / "run.json").read_text())["state"] == state != "running"
 
 
 def test_resume_after_kill_is_byte_identical(model_dir, reference_run, tmp_path, monkeypatch):

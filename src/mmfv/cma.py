@@ -9,7 +9,11 @@ options, :data:`METRICS`); AIE is the mean IE over prompts. Two engines compute 
   batch 1 (1 + L·H passes per prompt);
 - ``fast``: the prompt's positions < T-1 run once and their KV cache is kept (patching the last
   position cannot change anything before it, attention being causal); then only the last token is
-  run, once per patched head, many heads per batch sharing that cache.
+  run, once per patched head, many heads per batch sharing that cache;
+- ``skip``: as ``fast``, and a head patched at layer l cannot change the last token below l either:
+  the unpatched last token runs once, layer by layer, and a patched row joins the batch at its own
+  layer with that layer's unpatched input, so it runs layers l..L-1 only (adapters with
+  :meth:`LMM.last_steps`; others run ``fast``).
 
 These are functions of model + prompts + metric. How they run (which process takes which batch,
 progress bars, checkpoints) is the caller's :class:`mmfv.execution.Execution`.
@@ -29,7 +33,7 @@ from mmfv.execution import LOCAL, Checkpoint, Execution
 from mmfv.models.base import LMM
 from mmfv.prompts import Prompt
 
-ENGINES = ("fast", "reference")
+ENGINES = ("fast", "skip", "reference")
 
 Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """(logits (B, V), answer ids (B,)) -> (B,) score of the answer."""
@@ -133,12 +137,14 @@ def ie_fast(lmm: LMM, prompts: Sequence[Prompt], means: torch.Tensor, heads_per_
     Each chunk of ``heads_per_batch`` (layer, head) pairs runs as one batch of last-token rows that
     share the prompt's cache; row j of prompt i patches pair j.
     """
-    m = metric_fn(metric)
-    L, H, _ = means.shape
     batch = lmm.encode(prompts)
+    return _ie_fast(lmm, batch, lmm.prefix(batch), means, heads_per_batch, head_set, metric_fn(metric))
+
+
+def _ie_fast(lmm: LMM, batch, pre, means: torch.Tensor, heads_per_batch: int, head_set: str, m: Metric) -> torch.Tensor:
+    L, H, _ = means.shape
     N = batch.size
     ans = batch.answer_ids
-    pre = lmm.prefix(batch)
     p_c = m(lmm.last(pre, 1), ans)  # (N,)
     pairs = _all_heads(L, H)
     ie = torch.zeros(N, L * H)
@@ -154,6 +160,61 @@ def ie_fast(lmm: LMM, prompts: Sequence[Prompt], means: torch.Tensor, heads_per_
         with hooks.patch_heads(lmm, patches, head_set=head_set):
             logits = lmm.last(pre, R)  # (N*R, V)
         p = m(logits, ans.repeat_interleave(R)).view(N, R)
+        ie[:, start : start + R] = p - p_c[:, None]
+    return ie.view(N, L, H)
+
+
+@torch.no_grad()
+def ie_skip(lmm: LMM, prompts: Sequence[Prompt], means: torch.Tensor, heads_per_batch: int = 64, head_set: str = "self",
+            metric: str | Metric = "prob") -> torch.Tensor:
+    """IE (N, L, H) as :func:`ie_fast` computes it, running fewer layers: a row patching a head of
+    layer l runs the decoder layers from the one holding it (:meth:`LMM.decoder_layer_of`) on.
+
+    The last token runs layer by layer (:meth:`LMM.last_steps`). The first chunk of ``heads_per_batch``
+    (layer, head) pairs carries the unpatched token as row 0 of each prompt's block from layer 0 on,
+    and the inputs it meets at each layer are kept; a pair's row joins the batch (row-major per
+    prompt, in chunk order) at its own layer with that layer's unpatched input, and later chunks start
+    at their lowest layer. Adapters without layer stepping, or head sets whose decoder layers are
+    unknown, get :func:`ie_fast`."""
+    m = metric_fn(metric)
+    L, H, _ = means.shape
+    batch = lmm.encode(prompts)
+    pre = lmm.prefix(batch)
+    steps = lmm.last_steps(pre)
+    join = [lmm.decoder_layer_of(l, head_set) for l in range(L)]
+    if steps is None or None in join or join != sorted(join):
+        return _ie_fast(lmm, batch, pre, means, heads_per_batch, head_set, m)
+    N, ans, n_dec = batch.size, batch.answer_ids, lmm.n_layers
+    inputs: list[torch.Tensor] = []  # inputs[j] (N, D): the unpatched last token's input to decoder layer j
+    pairs = _all_heads(L, H)
+    ie = torch.zeros(N, L * H)
+    p_c = None
+    for start in range(0, len(pairs), heads_per_batch):
+        chunk = pairs[start : start + heads_per_batch]  # (R, 2), layer-major
+        R = len(chunk)
+        base = int(start == 0)  # the first chunk carries the unpatched row
+        dl = torch.tensor([join[l] for l in chunk[:, 0].tolist()])  # (R,) decoder layer where each row joins
+        upto = [base + int((dl <= j).sum()) for j in range(n_dec)]  # rows per prompt in the batch at decoder layer j
+        patches = {}
+        for l in chunk[:, 0].unique().tolist():
+            sel = (chunk[:, 0] == l).nonzero().flatten()  # positions in the chunk = row positions in each block after the unpatched row
+            rows = (torch.arange(N)[:, None] * upto[join[l]] + base + sel[None]).flatten()
+            heads = chunk[sel, 1].repeat(N)
+            patches[l] = (rows, heads, means[l, heads])
+        x = steps.embed()[:, None]  # (N, rows so far, D)
+        if not base:
+            x = x[:, :0]
+        with hooks.patch_heads(lmm, patches, head_set=head_set):
+            for j in range(0 if base else int(dl.min()), n_dec):
+                if base:
+                    inputs.append(x[:, 0])
+                if upto[j] > x.shape[1]:  # rows joining at layer j enter with its unpatched input
+                    x = torch.cat([x, inputs[j][:, None].expand(-1, upto[j] - x.shape[1], -1)], dim=1)
+                x = steps.layer(j, x.flatten(0, 1), x.shape[1]).unflatten(0, (N, -1))
+        logits = steps.logits(x.flatten(0, 1)).unflatten(0, (N, -1))  # (N, base + R, V)
+        if base:
+            p_c = m(logits[:, 0], ans)  # (N,)
+        p = m(logits[:, base:].flatten(0, 1), ans.repeat_interleave(R)).view(N, R)
         ie[:, start : start + R] = p - p_c[:, None]
     return ie.view(N, L, H)
 
@@ -209,7 +270,7 @@ def indirect_effects(
 ) -> torch.Tensor:
     """IE (N, L, H) of every head on each corrupted prompt, ``means`` (L, H, d) patched in.
 
-    ``fast`` runs prompts in batches of ``batch_size``, ``reference`` one at a time; ``ex`` runs the
+    ``fast`` and ``skip`` run prompts in batches of ``batch_size``, ``reference`` one at a time; ``ex`` runs the
     chunks (and saves ``checkpoint`` after each round, from which a rerun resumes)."""
     if engine not in ENGINES:
         raise ValueError(f"unknown CMA engine {engine!r}: choose one of {', '.join(ENGINES)}")
@@ -229,13 +290,15 @@ def indirect_effects(
     def chunk(s: int, e: int) -> torch.Tensor:
         if engine == "fast":
             return ie_fast(lmm, corrupted_prompts[s:e], means, heads_per_batch, head_set, metric)
+        if engine == "skip":
+            return ie_skip(lmm, corrupted_prompts[s:e], means, heads_per_batch, head_set, metric)
         return ie_reference(lmm, corrupted_prompts[s], means, head_set, metric)[None]
 
     def finite(rows: torch.Tensor, s: int, e: int) -> None:
         if not torch.isfinite(rows).all():
             raise ActivationError(f"non-finite indirect effects in prompts {s}..{e - 1}: check the model's dtype")
 
-    step = batch_size if engine == "fast" else 1
+    step = 1 if engine == "reference" else batch_size
     return ex.rows(chunk, len(corrupted_prompts), step, (hs.n_layers, hs.n_heads), f"cma {engine}", checkpoint, finite)
 
 

@@ -40,16 +40,22 @@ class _ConfigBase(BaseModel):
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()
 
+    def _hashed(self) -> dict[str, Any]:
+        d = self.to_dict()
+        if not d["model"].get("spec"):  # no spec file: hashes as before the key existed
+            d["model"] = {k: v for k, v in d["model"].items() if k != "spec"}
+        return d
+
     def hash(self, exclude_out: bool = True) -> str:
         """Hash of everything that changes results (the output folder and thread count do not)."""
-        d = self.to_dict()
+        d = self._hashed()
         if exclude_out:
             d["run"] = {k: v for k, v in d["run"].items() if k not in ("out", "threads")}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def section_hash(self, name: str) -> str:
         """Hash of one section (what a stage's marker is built from)."""
-        d = self.to_dict()[name]
+        d = self._hashed()[name]
         if name == "run":  # run.use enters through the hashes of the stages read from elsewhere
             d = {k: v for k, v in d.items() if k not in ("out", "threads", "use")}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

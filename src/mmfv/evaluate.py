@@ -14,6 +14,7 @@ import torch
 
 from mmfv import prompts as P
 from mmfv.execution import LOCAL, Execution
+from mmfv.injection import Stems
 from mmfv.models.base import LMM
 from mmfv.prompts import Item, Prompt
 
@@ -150,20 +151,46 @@ def _vector_and_layer(lmm: LMM, vector, layer: int | None) -> tuple[torch.Tensor
     return v, int(layer)
 
 
-def accuracy(lmm: LMM, prompts: Sequence[Prompt], vector=None, layer: int | None = None, batch_size: int = 64, ex: Execution = LOCAL) -> dict:
-    """{acc, ci95, n} of ``prompts``, optionally with ``vector`` (tensor or FunctionVector) added at ``layer``."""
+def accuracy(lmm: LMM, prompts: Sequence[Prompt], vector=None, layer: int | None = None, batch_size: int = 64, ex: Execution = LOCAL,
+             stems: Stems | None = None) -> dict:
+    """{acc, ci95, n} of ``prompts``, optionally with ``vector`` (tensor or FunctionVector) added at ``layer``.
+
+    With ``stems`` (:class:`mmfv.injection.Stems`) a vector is added by cached injection: each prompt
+    batch's prefix and residuals are prepared once there and reused by every later call on the same
+    prompts (any vector, any layer); without, a hook on a full forward (the reference path)."""
     ctx = None
     if vector is not None:
         v, layer = _vector_and_layer(lmm, vector, layer)
+        if stems is not None:
+            return summarize(_correct_cached(lmm, prompts, v, layer, batch_size, ex, stems))
         ctx = with_vector(lmm, v, layer)
     return summarize(correct(lmm, prompts, batch_size, ctx, ex))
 
 
+def _correct_cached(lmm: LMM, prompts: Sequence[Prompt], vector: torch.Tensor, layer: int, batch_size: int, ex: Execution, stems: Stems,
+                    scale: float = 1.0) -> torch.Tensor:
+    """(N,) bool, as :func:`correct` with ``vector`` added at ``layer``, by cached injection."""
+    _check_batch_size(batch_size)
+
+    @torch.no_grad()
+    def run(lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
+        stem = stems.get(prompts[lo:hi])
+        logits = stem.logits(lmm, layer, vector, scale)  # (B, V)
+        if not torch.isfinite(logits).all():  # as predictions(): argmax of NaN is an arbitrary token
+            raise ValueError(f"the model's logits are NaN or infinite on prompts {lo}..{hi - 1} with the vector added: "
+                             "its norm is too large for the model's dtype (scale it down)")
+        return logits.argmax(-1), stem.batch.answer_ids
+
+    pred, ans = ex.map_batches(run, len(prompts), batch_size, "eval", [(torch.long, ()), (torch.long, ())])
+    return pred == ans
+
+
 def layer_sweep(lmm: LMM, prompts: Sequence[Prompt], vector: torch.Tensor, batch_size: int = 64, layers: Sequence[int] | None = None,
-                ex: Execution = LOCAL) -> list[float]:
-    """Accuracy with ``vector`` injected at each layer (index = layer)."""
+                ex: Execution = LOCAL, stems: Stems | None = None) -> list[float]:
+    """Accuracy with ``vector`` injected at each layer (index = layer); ``stems``: cached injection
+    (the prompts prepared once for every layer), see :func:`accuracy`."""
     layers = list(range(lmm.n_layers)) if layers is None else list(layers)
-    return [accuracy(lmm, prompts, vector, l, batch_size, ex)["acc"] for l in layers]
+    return [accuracy(lmm, prompts, vector, l, batch_size, ex, stems)["acc"] for l in layers]
 
 
 def best_layer(accs: Sequence[float]) -> int:

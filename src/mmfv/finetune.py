@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from mmfv import evaluate, hooks
 from mmfv.cma import prompts_fingerprint
 from mmfv.execution import LOCAL, Checkpoint, Execution
+from mmfv.injection import Stems
 from mmfv.models.base import LMM
 from mmfv.prompts import Prompt
 
@@ -36,6 +37,7 @@ class FinetuneSettings:
     batch_size: int = 16
     min_train: int = 8
     seed: int = 0
+    cached: bool = False  # cached injection (mmfv.injection): prompts prepared once, only layers after ℓ run per step
 
 
 @dataclass
@@ -89,18 +91,24 @@ def finetune(
     assert not any(p.requires_grad for p in lmm.module.parameters()), "model weights must be frozen"
     vec = init.detach().clone().float().requires_grad_(True)
     opt = torch.optim.Adam([vec], lr=settings.lr)
-    # Encode once: image features and token ids are reused by every epoch.
     order = list(range(len(train)))
     random.Random(f"finetune:{settings.seed}").shuffle(order)
-    batches = [lmm.encode([train[i] for i in order[s : s + settings.batch_size]]) for s in range(0, len(order), settings.batch_size)]
-    total = settings.epochs * len(batches)
+    groups = [[train[i] for i in order[s : s + settings.batch_size]] for s in range(0, len(order), settings.batch_size)]
+    # Encode once: image features and token ids are reused by every epoch. Cached: each batch's prefix
+    # and residuals are prepared once too (train and val), and a step runs layers > ℓ on the last token.
+    stems = Stems(lmm) if settings.cached else None
+    batches = None if stems else [lmm.encode(g) for g in groups]
+    total = settings.epochs * len(groups)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, (lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))) if settings.schedule == "cosine" else (lambda s: 1.0)
     )
     start, curve = 0, []
     best = (-1.0, 0, vec.detach().clone())
+    fp_settings = dataclasses.asdict(settings)
+    if not settings.cached:  # checkpoints of the reference path keep the fingerprint they always had
+        del fp_settings["cached"]
     fp = {"train": prompts_fingerprint(train), "val": prompts_fingerprint(val), "layer": layer, "model": lmm.config_hash(),
-          "settings": dataclasses.asdict(settings), "init": hashlib.sha256(init.detach().float().numpy().tobytes()).hexdigest()[:16]}
+          "settings": fp_settings, "init": hashlib.sha256(init.detach().float().cpu().numpy().tobytes()).hexdigest()[:16]}
     ck = Checkpoint(checkpoint, fp) if checkpoint else None
     st = ck.load() if ck else None
     if st is not None:
@@ -111,21 +119,25 @@ def finetune(
         start, curve, best = st["epoch"], st["curve"], tuple(st["best"])
     gen = torch.Generator().manual_seed(settings.seed)
     for _ in range(start):
-        torch.randperm(len(batches), generator=gen)
+        torch.randperm(len(groups), generator=gen)
     with ex.bar(settings.epochs, f"finetune L{layer}", initial=start) as bar:
         for epoch in range(start, settings.epochs):
             losses = []
-            for bi in torch.randperm(len(batches), generator=gen).tolist():
-                b = batches[bi]
-                with hooks.add_to_layer(lmm, layer, vec):
-                    logits = lmm.last_logits(b)
-                loss = F.cross_entropy(logits.float(), b.answer_ids)
+            for bi in torch.randperm(len(groups), generator=gen).tolist():
+                if stems is not None:
+                    stem = stems.get(groups[bi])
+                    b, logits = stem.batch, stem.logits(lmm, layer, vec)
+                else:
+                    b = batches[bi]
+                    with hooks.add_to_layer(lmm, layer, vec):
+                        logits = lmm.last_logits(b)
+                loss = F.cross_entropy(logits.float(), b.answer_ids.to(logits.device))
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
                 sched.step()
                 losses.append(float(loss.detach()))
-            val_acc = evaluate.accuracy(lmm, val, vec.detach(), layer)["acc"]
+            val_acc = evaluate.accuracy(lmm, val, vec.detach(), layer, stems=stems)["acc"]
             curve.append({"epoch": epoch + 1, "train_loss": round(sum(losses) / len(losses), 5), "val_acc": val_acc})
             if val_acc > best[0]:
                 best = (val_acc, epoch + 1, vec.detach().clone())

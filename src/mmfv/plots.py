@@ -29,6 +29,10 @@ DPI = 150
 _METADATA = {"png": {"Software": None}, "svg": {"Date": None}, "pdf": {"CreationDate": None}}
 _RC = {"svg.hashsalt": "mmfv", "svg.fonttype": "path", "pdf.fonttype": 42}
 _REF_STYLES = [("0.35", "--"), ("0.1", ":"), ("0.55", "-.")]  # reference lines: grey, distinct dashes
+# data series: each its own marker and dash as well as colour, so a series drawn over an equal one
+# (two relations with the same learning curve) still shows, in the plot and in the legend
+_SERIES_STYLES = [("o", "-"), ("s", (0, (5, 2))), ("^", (0, (1, 1.5))), ("D", (0, (6, 2, 1, 2))), ("v", "-"), ("P", (0, (5, 2))),
+                  ("X", (0, (1, 1.5))), ("*", (0, (6, 2, 1, 2)))]
 
 
 class PlotFigure(Figure):
@@ -217,8 +221,14 @@ def curves(series: Mapping[str, Sequence[float]], x: Sequence[float], xlabel: st
     ax = fig.add_subplot()
     xs = list(x)
     seen: list[float] = []
-    for name, ys in series.items():
-        (line,) = ax.plot(xs[: len(ys)], ys, marker="o", markersize=3, label=name, zorder=3)
+    drawn: dict[tuple, str] = {}
+    for i, (name, ys) in enumerate(series.items()):
+        marker, dash = _SERIES_STYLES[i % len(_SERIES_STYLES)]
+        key = tuple(str(v) for v in ys)
+        label = f"{name} (= {drawn[key]})" if key in drawn else name  # drawn over an equal series: say so
+        drawn.setdefault(key, name)
+        (line,) = ax.plot(xs[: len(ys)], ys, marker=marker, markersize=4, linestyle=dash, linewidth=1.5,
+                          label=label, zorder=3, markerfacecolor="none" if i % 2 else None)
         seen += _finite(ys)
         if bands and name in bands:
             lo, hi = bands[name]

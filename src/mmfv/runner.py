@@ -29,6 +29,7 @@ from mmfv import __version__, dist
 from mmfv import config as C
 from mmfv.execution import Execution
 from mmfv.io import read_json, write_bytes, write_csv, write_json
+from mmfv.progress import Progress, earlier_timings
 
 log = logging.getLogger("mmfv.run")
 
@@ -119,6 +120,10 @@ def _claim(cfg: Any, out: Path, force: bool, weights: str, hashes: dict[str, str
                         shutil.rmtree(out / name, ignore_errors=True)
     elif out.exists() and any(p.name not in _OURS for p in out.iterdir()) and not force:
         raise RunError(f"{out} is not empty and holds no mmfv run: choose another output folder or pass --force")
+
+
+def _start(cfg: Any, out: Path, weights: str) -> None:
+    """Mark the folder as this config's running run (after every refusal is behind us)."""
     if dist.is_main():
         out.mkdir(parents=True, exist_ok=True)
         _write_meta(out, cfg, weights, "running", provenance())
@@ -218,16 +223,20 @@ def run(cfg: Any, out: str | Path | None = None, only: str | None = None, start:
         torch.set_num_threads(cfg.run.threads)
     weights = fingerprint(cfg.model.name)
     hashes = stage_hashes(cfg, S.STAGES, weights)
+    t_start = time.perf_counter()
     with lock(out):
+        known = earlier_timings(out, todo, hashes, cfg.hash(), weights)  # before the folder changes
         _claim(cfg, out, force, weights, hashes)
-        for i, name in enumerate(todo):
+        prog = Progress(todo, known, done=[n for n in todo if not start and _marker(out, n) == hashes[n]])
+        for i, name in enumerate(todo):  # refused before run.json says "running": it keeps its state
             missing = [n for n in S.get(name).needs if n not in cfg.run.use and n not in todo[:i] and _marker(out, n) != hashes[n]]
             if missing:
                 raise RunError(f"stage {name} needs {', '.join(missing)} first: run without --only, or with --from {missing[0]}")
+        _start(cfg, out, weights)
         _setup_logging(out, quiet)
         ctx = Context(cfg, out, Execution(not quiet, log))
-        log.info("mmfv %s run: model %s, config %s -> %s (%d process%s); stages: %s", __version__, cfg.model.name, cfg.hash(), out,
-                 dist.world(), "es" if dist.world() > 1 else "", " ".join(todo))
+        log.info("mmfv %s run: model %s, config %s -> %s (%d process%s); stages: %s; %s", __version__, cfg.model.name, cfg.hash(), out,
+                 dist.world(), "es" if dist.world() > 1 else "", " ".join(todo), prog.eta())
         timings: dict[str, float] = {}
         old_t = read_json(out / "timings.json") if dist.is_main() and (out / "timings.json").exists() else {}
         try:
@@ -240,9 +249,9 @@ def run(cfg: Any, out: str | Path | None = None, only: str | None = None, start:
             for name in todo:
                 st = S.get(name)
                 if _marker(out, name) == hashes[name]:
-                    log.info("[%s] done already, skipped", name)
+                    log.info("[%s] done already, skipped (%s)", name, prog.done(name, time.perf_counter() - t_start))
                     continue
-                log.info("[%s] running", name)
+                log.info("[%s] running%s", name, prog.stage(name))
                 t0 = time.perf_counter()
                 ctx.dir(name).mkdir(parents=True, exist_ok=True)
                 with ctx.ex.scope(name):
@@ -258,7 +267,7 @@ def run(cfg: Any, out: str | Path | None = None, only: str | None = None, start:
                 write_bytes(out / name / ".done", (hashes[name] + "\n").encode())  # rank 0 only
                 write_json(out / "timings.json", {**old_t, **timings})  # after each stage: the report (last) shows the others
                 dist.barrier()  # every process sees the marker before deciding on the next stage
-                log.info("[%s] finished in %.1fs", name, timings[name])
+                log.info("[%s] finished in %.1fs; %s", name, timings[name], prog.done(name, time.perf_counter() - t_start))
         except BaseException:
             if dist.is_main():
                 _write_meta(out, cfg, weights, "failed")

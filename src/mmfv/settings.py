@@ -51,6 +51,7 @@ class ModelSettings(Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="HF models: weights dtype (auto: the checkpoint's)")
     device: str = Field("", description="HF / OpenFlamingo models: e.g. cuda (empty: the CPU)")
     device_map: str = Field("", description="HF models too big for one GPU: e.g. auto (needs accelerate)")
+    spec: str = Field("", description="a Python file defining SPEC (a mmfv.models.specs.Spec): adds that model family; its code runs, so use files you trust")
 
     @model_validator(mode="after")
     def _check(self) -> "ModelSettings":

@@ -135,6 +135,136 @@ def test_fast_cma_equals_the_reference_engine(case):
         assert (fast - ref).abs().max() <= TOL, name
 
 
+def test_skip_cma_equals_the_reference_engine(case):
+    """The layer-skipping engine (rows join at their layer) against one full pass per head, every head set;
+    adapters without layer stepping run the fast engine under that name."""
+    lmm, items = case.lmm, case.items
+    corrupted = P.build("corrupted", items["left"], items, 2, 2, 5)
+    for name, hs in lmm.head_sets.items():
+        means, _ = cma.mean_activations(lmm, case.prompts, batch_size=8, head_set=name)
+        ref = torch.stack([cma.ie_reference(lmm, p, means, head_set=name) for p in corrupted])
+        for hpb in (3, hs.n_layers * hs.n_heads):  # chunks that start mid-stack, and one chunk of every head
+            skip = cma.ie_skip(lmm, corrupted, means, heads_per_batch=hpb, head_set=name)
+            assert skip.shape == ref.shape and (skip - ref).abs().max() <= TOL, (name, hpb)
+
+
+def _hf_cache_modes(case):
+    if not hasattr(case.lmm, "cache_mode"):
+        pytest.skip(f"{case.name} has no KV cache modes (HF adapter only)")
+    assert case.lmm.cache_mode == "shared"  # the default
+
+
+@contextlib.contextmanager
+def _cache_mode(lmm, mode: str):
+    lmm.cache_mode = mode
+    try:
+        yield
+    finally:
+        lmm.cache_mode = "shared"
+
+
+def test_shared_prefix_cache_gives_the_ies_of_the_repeated_reference(case):
+    """HF adapters: the fast engine's rows sharing one prefix KV cache (default) give the IEs of the
+    row-repeated cache (``cache="repeat"``, the reference), for every head set."""
+    _hf_cache_modes(case)
+    lmm, items = case.lmm, case.items
+    corrupted = P.build("corrupted", items["left"], items, 2, 2, 5)
+    for name, hs in lmm.head_sets.items():
+        means, _ = cma.mean_activations(lmm, case.prompts, batch_size=8, head_set=name)
+        shared = cma.ie_fast(lmm, corrupted, means, heads_per_batch=5, head_set=name)
+        with _cache_mode(lmm, "repeat"):
+            ref = cma.ie_fast(lmm, corrupted, means, heads_per_batch=5, head_set=name)
+        assert ref.abs().max() > 0 and (shared - ref).abs().max() <= TOL, name
+
+
+@torch.no_grad()
+def test_shared_prefix_cache_does_not_grow_with_repeats(case, monkeypatch):
+    """HF adapters: whatever ``repeats``, the attention reads the prefix keys/values from the prefix
+    cache's own storage (no copy), and the cache handed to the forward holds the prefix's bytes plus
+    one key/value row per last-token row; the repeated reference grows with ``repeats``."""
+    _hf_cache_modes(case)
+    from mmfv.models import hf, hf_cache
+
+    lmm, batch = case.lmm, case.batch
+    pre = lmm.prefix(batch)
+    base = hf_cache.kv_bytes(pre.cache)
+    storages = {t.untyped_storage().data_ptr() for layer in pre.cache.layers for t in (layer.keys, layer.values) if t is not None and t.numel()}
+    seen, read = [], []
+    real_cache, real_attention = hf.last_cache, hf_cache.shared_attention
+
+    @contextlib.contextmanager
+    def spy_cache(*args):
+        with real_cache(*args) as cache:
+            yield cache
+        seen.append(cache)
+
+    def spy_attention(module, query, key, value, *args, **kwargs):
+        if hf_cache._active[-1].pending is not None or key.shape[0] < query.shape[0]:  # keys shared by the rows
+            read.append(key.untyped_storage().data_ptr() in storages)
+        return real_attention(module, query, key, value, *args, **kwargs)
+
+    monkeypatch.setattr(hf, "last_cache", spy_cache)
+    monkeypatch.setattr(hf_cache, "shared_attention", spy_attention)
+    hf_cache.ALL_ATTENTION_FUNCTIONS.register(hf_cache.NAME, spy_attention)
+    try:
+        own = []
+        for R in (1, 6):
+            lmm.last(pre, R)
+            run = seen[-1].mmfv_shared_run
+            assert hf_cache.kv_bytes(seen[-1]) - run.own_bytes == base, R
+            own.append(run.own_bytes)
+            with _cache_mode(lmm, "repeat"):
+                lmm.last(pre, R)
+            assert hf_cache.kv_bytes(seen[-1]) >= R * base, R  # the reference's copies: what the measure sees grow
+        assert own[1] == 6 * own[0] and own[0] * (batch.length - 1) <= 2 * base  # one row of own keys per last-token row
+        assert read and all(read)  # every shared attention read the prefix cache itself
+    finally:
+        hf_cache.ALL_ATTENTION_FUNCTIONS.register(hf_cache.NAME, real_attention)
+
+
+@torch.no_grad()
+def test_last_token_layer_by_layer_equals_last(case):
+    """LastSteps (where an adapter has them) runs the same computation as ``last``; last_logits is the
+    full forward's last position."""
+    lmm, batch = case.lmm, case.batch
+    assert (lmm.last_logits(batch) - lmm.forward(batch)[:, -1]).abs().max() <= TOL
+    pre = lmm.prefix(batch)
+    steps = lmm.last_steps(pre)
+    if steps is None:
+        pytest.skip(f"{case.name} runs the last token only as a whole")
+    for R in (1, 3):
+        h = steps.embed().repeat_interleave(R, 0)
+        for l in range(lmm.n_layers):
+            h = steps.layer(l, h, R)
+        assert (steps.logits(h) - lmm.last(pre, R)).abs().max() <= TOL, R
+
+
+def test_cached_injection_equals_a_hook_on_the_full_forward(case):
+    """A vector added after layer l at the last position: logits and the vector's gradient from the
+    prepared prefix and residual (only layers > l run) equal those of hooks.add_to_layer on a full pass."""
+    lmm, batch = case.lmm, case.batch
+    lmm.freeze()
+    g = torch.Generator().manual_seed(0)
+    vec = torch.randn(lmm.hidden_size, generator=g)
+    pre = lmm.prefix(batch)
+    res = lmm.last_residuals(pre)
+    assert sorted(res) == list(range(lmm.n_layers)) and res[0].shape == (batch.size, lmm.hidden_size)
+    for layer in range(lmm.n_layers):
+        v1 = vec.clone().requires_grad_(True)
+        with hooks.add_to_layer(lmm, layer, v1):
+            want = lmm.forward(batch)[:, -1]
+        torch.nn.functional.cross_entropy(want, batch.answer_ids).backward()
+        v2 = vec.clone().requires_grad_(True)
+        got = lmm.last_from(pre, layer, res[layer] + v2)
+        torch.nn.functional.cross_entropy(got, batch.answer_ids).backward()
+        assert (got - want).abs().max() <= TOL, layer
+        assert (v2.grad - v1.grad).abs().max() <= TOL, layer
+        two = lmm.last_from(pre, layer, (res[layer][:, None] + torch.stack([vec, -vec])[None]).flatten(0, 1), repeats=2)
+        with torch.no_grad(), hooks.add_to_layer(lmm, layer, -vec):
+            neg = lmm.forward(batch)[:, -1]
+        assert (two.view(batch.size, 2, -1) - torch.stack([want, neg], 1)).abs().max() <= TOL, layer
+
+
 @contextlib.contextmanager
 def _vision_runs(lmm: LMM, vision) -> Iterator[list[int]]:
     """Images the vision side encodes while inside (a hook on ``vision(lmm)``, or the HF adapter's

@@ -202,7 +202,7 @@ def _config(a: argparse.Namespace) -> int:
         from mmfv.stages import NAMES
 
         m = cfg.model
-        lmm = load_model(m.name, m.dtype, m.device, m.device_map)
+        lmm = load_model(m.name, m.dtype, m.device, m.device_map, m.spec or None)
         runner.check_stages(cfg, list(NAMES), lambda: lmm)
         print(f"{a.file}: valid (hash {cfg.hash()}; checked against {lmm.model_id}: {lmm.n_layers} layers, {lmm.n_heads} heads per layer)")
     return 0

@@ -74,6 +74,9 @@ def add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", dest="set__model__dtype", default=None, choices=("auto", "float32", "bfloat16", "float16"), help=m["dtype"].description)
     g.add_argument("--device", dest="set__model__device", default=None, help=m["device"].description)
     g.add_argument("--device-map", dest="set__model__device_map", default=None, help=m["device_map"].description)
+    g.add_argument("--spec", dest="set__model__spec", default=None, metavar="FILE.py", type=lambda s: str(Path(s).expanduser().resolve()),
+                   help="add a model family: a Python file defining SPEC = mmfv.models.specs.Spec(...) (or SPECS, a list); "
+                        "mmfv runs the file's code, so give only files you trust (docs/adding-a-model-family.md)")
     g.add_argument("--relations", dest="set__data__relations", type=_parse_list(str), default=None, metavar="R1,R2,…",
                    help="relations to build vectors for (default: above,below,left,right)")
     g.add_argument("--seed", dest="set__data__seed", type=int, default=None, help="seed of scenes, splits and prompts (default: 0)")

@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mmfv.models.base import LMM
 
+if TYPE_CHECKING:
+    from mmfv.models.specs import Spec
 
-def load_model(name: str, dtype: str | None = None, device: str | None = None, device_map: str | None = None) -> LMM:
+
+def load_model(name: str, dtype: str | None = None, device: str | None = None, device_map: str | None = None,
+               spec: str | Path | None = None) -> LMM:
     """``tiny`` (the shipped mmfv-tiny), an mmfv-tiny checkpoint folder, ``openflamingo:<folder>``, a
     Hugging Face vision-language or text-only model (a hub id, from the local HF cache when offline,
     or a local folder with config.json), a GGUF file (``gguf:<path>`` or ``<path>.gguf``), or a named
     packaged model (``smollm2-135m``); HF and GGUF models are served by models/hf.py through the
-    family's spec (models/specs)."""
+    family's spec (models/specs). ``spec``: a Python file whose ``SPEC``/``SPECS`` are registered
+    first (:func:`register_file`; the file's code runs)."""
     from mmfv.models import gguf
     from mmfv.models.tiny.adapter import TinyLMM
+
+    if spec:
+        register_file(spec)
 
     dtype = None if dtype in (None, "", "auto") else dtype
     device, device_map = device or None, device_map or None
@@ -57,6 +65,23 @@ def load_model(name: str, dtype: str | None = None, device: str | None = None, d
             return plain(TinyLMM.load(p))
         return _hf(str(p), dtype, device, device_map)
     return _hf(hub_id(name), dtype, device, device_map)
+
+
+def register(spec: "Spec") -> "Spec":
+    """Add a model family from outside the package (a :class:`mmfv.models.specs.Spec`): HF models of
+    its ``model_types`` are then served by it, before any built-in family. A built-in family's name is
+    refused; registering a name again replaces it. See docs/adding-a-model-family.md."""
+    from mmfv.models import specs
+
+    return specs.register(spec)
+
+
+def register_file(path: str | Path) -> tuple["Spec", ...]:
+    """Run the Python file ``path`` and :func:`register` its ``SPEC`` (or ``SPECS``, a list): what
+    ``mmfv run --spec FILE`` and ``[model] spec`` do. The file's code runs: use files you trust."""
+    from mmfv.models import specs
+
+    return specs.register_file(path)
 
 
 def hub_id(name: str) -> str:

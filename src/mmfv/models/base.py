@@ -101,6 +101,31 @@ class Prefix:
     size: int
 
 
+class LastSteps(abc.ABC):
+    """The last prompt token run one decoder layer at a time on a :class:`Prefix`'s KV cache.
+
+    What exact speed-ups at the last position build on: a vector added after layer ℓ needs layers
+    ℓ+1..L−1 only (:meth:`LMM.last_from`), and a head patched at layer l needs layers l..L−1 only
+    (the ``skip`` CMA engine). Rows: ``repeats`` per prompt, row-major (prompt 0's copies first),
+    every copy sharing its prompt's cache. An adapter offers this through :meth:`LMM.last_steps`.
+    """
+
+    size: int  # prompts N
+
+    @abc.abstractmethod
+    def embed(self) -> torch.Tensor:
+        """(N, D): the last token's input to decoder layer 0."""
+
+    @abc.abstractmethod
+    def layer(self, layer: int, hidden: torch.Tensor, repeats: int = 1) -> torch.Tensor:
+        """(N*repeats, D) -> (N*repeats, D): decoder layer ``layer`` (hooks on it fire) on the last
+        token, whose input is ``hidden``, attending to its prompt's cached positions."""
+
+    @abc.abstractmethod
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(M, D) output of the last decoder layer -> (M, V) logits (final norm and LM head)."""
+
+
 @dataclass(frozen=True)
 class HeadSet:
     """A family of attention heads: ``n_layers`` layers × ``n_heads`` heads of ``head_dim``.
@@ -213,6 +238,74 @@ class LMM(abc.ABC):
     def last(self, prefix: Prefix, repeats: int) -> torch.Tensor:
         """Logits (B*repeats, V) of the last position, each prompt's row repeated ``repeats`` times
         (row-major: prompt 0's copies first) and sharing its cache."""
+
+    def last_steps(self, prefix: Prefix) -> LastSteps | None:
+        """The last token layer by layer on ``prefix`` (see :class:`LastSteps`), or None: this adapter
+        runs the last token only as a whole (:meth:`last`), and the methods below fall back to that."""
+        return None
+
+    def decoder_layer_of(self, layer: int, head_set: str = "self") -> int | None:
+        """The decoder layer that holds head-set layer ``layer`` (a patch there leaves the input of this
+        decoder layer unchanged), or None when unknown. Self-attention layer l is decoder layer l."""
+        return layer if head_set == "self" else None
+
+    @torch.no_grad()
+    def last_residuals(self, prefix: Prefix, layers: Sequence[int] | None = None) -> dict[int, torch.Tensor]:
+        """Residual stream (N, D) after each decoder layer in ``layers`` (default: all) at the last
+        position, nothing patched: what a vector added there (``hooks.add_to_layer``) adds to."""
+        layers = sorted(set(range(self.n_layers) if layers is None else layers))
+        steps = self.last_steps(prefix)
+        if steps is not None:
+            out, h = {}, steps.embed()
+            for l in range(layers[-1] + 1):
+                h = steps.layer(l, h)
+                if l in layers:
+                    out[l] = h
+            return out
+        store: dict[int, torch.Tensor] = {}
+
+        def grab(l: int):
+            def hook(mod, args, output):
+                h = output[0] if isinstance(output, tuple) else output  # (N, 1, D)
+                store[l] = h[:, -1].detach().clone()
+
+            return hook
+
+        handles = [self.decoder_layer(l).register_forward_hook(grab(l)) for l in layers]
+        try:
+            self.last(prefix, 1)
+        finally:
+            for h in handles:
+                h.remove()
+        return store
+
+    def last_from(self, prefix: Prefix, layer: int, hidden: torch.Tensor, repeats: int = 1) -> torch.Tensor:
+        """Logits (N*repeats, V) of the last position when the residual after decoder layer ``layer``
+        there is ``hidden`` (N*repeats, D), e.g. :meth:`last_residuals` plus a vector. Gradients flow
+        into ``hidden``. With :meth:`last_steps` only layers after ``layer`` run; else the whole last
+        token runs (:meth:`last`) with that layer's output replaced."""
+        steps = self.last_steps(prefix)
+        if steps is not None:
+            h = hidden
+            for l in range(layer + 1, self.n_layers):
+                h = steps.layer(l, h, repeats)
+            return steps.logits(h)
+        fired = []
+
+        def put(mod, args, output):
+            h = output[0] if isinstance(output, tuple) else output  # (N*repeats, 1, D)
+            new = torch.cat([h[:, :-1], hidden.to(h.dtype).to(h.device)[:, None]], dim=1)
+            fired.append(1)
+            return (new, *output[1:]) if isinstance(output, tuple) else new
+
+        handle = self.decoder_layer(layer).register_forward_hook(put)
+        try:
+            logits = self.last(prefix, repeats)
+        finally:
+            handle.remove()
+        if not fired:
+            raise RuntimeError(f"{self.model_id}: decoder layer {layer} did not run on the last token")
+        return logits
 
     @abc.abstractmethod
     def answer_token_id(self, answer_text: str) -> int:

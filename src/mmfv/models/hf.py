@@ -11,9 +11,9 @@ each placeholder replaced by its image's expansion, tokenized in one call (as th
 does), left-padded. Self-attention families receive the cached features through the forward's
 ``mm_encoder_outputs``; cross-attention families through their spec's ``vision`` hooks.
 
-The fast path. :meth:`HFLMM.prefix` runs positions < T-1 once with the HF KV cache;
-:meth:`HFLMM.last` runs the last token alone on a row-repeated copy of that cache. Positions are
-made once in :meth:`HFLMM.encode` (``position_ids`` in the batch) so both paths see the same ones.
+The fast path. :meth:`HFLMM.prefix` runs positions < T-1 once with the HF KV cache; :meth:`HFLMM.last` runs the
+last token alone, its rows sharing that one cache (models/hf_cache.py; ``cache="repeat"``: the reference, a copy
+per row). Positions are made once in :meth:`HFLMM.encode` (``position_ids`` in the batch): both paths see the same.
 
 Text. Items without an image get no placeholder and no vision work, in any family; a text-only
 family (``Spec.images`` False: Llama, Qwen2/3, Gemma 3 text) has the tokenizer as its processor and
@@ -32,9 +32,9 @@ import torch
 from torch import nn
 
 from mmfv.models.base import LMM, Batch, FeatureCache, HeadSet, Prefix
+from mmfv.models.hf_cache import cache_mode, last_cache
 from mmfv.models.hf_processor import chat_text, first_half, load_processor, process_one_image
 from mmfv.models.hf_rows import merge_features as _merge
-from mmfv.models.hf_rows import repeat_cache as _repeat_cache
 from mmfv.models.hf_rows import repeat_rows as _repeat_rows
 from mmfv.models.specs.spec import Spec, attr_path, has_path
 from mmfv.prompts import Item, Prompt
@@ -56,7 +56,8 @@ class _Stop(Exception):
 class HFLMM(LMM):
     """A Hugging Face vision-language model as an :class:`LMM`, described by a :class:`Spec`."""
 
-    def __init__(self, model: nn.Module, processor: Any, spec: Spec, model_id: str = "hf", cache_images: int = 4096) -> None:
+    def __init__(self, model: nn.Module, processor: Any, spec: Spec, model_id: str = "hf", cache_images: int = 4096, cache: str = "shared") -> None:
+        self.cache_mode = cache_mode(cache)  # the last-token path's KV cache (models/hf_cache.py): settable
         self.module = model.eval()
         self.processor = processor
         self.tok = processor.tokenizer if spec.images else processor
@@ -379,10 +380,9 @@ class HFLMM(LMM):
         return Prefix(cache, last, batch.size)
 
     def last(self, prefix: Prefix, repeats: int) -> torch.Tensor:
-        B = prefix.size
-        kw = {k: _repeat_rows(v, repeats, B, k) for k, v in prefix.last_inputs.items()}
-        kw[self._cache_kw] = _repeat_cache(prefix.cache, repeats)
-        return self.module(**kw, use_cache=True).logits[:, -1]
+        kw = {k: _repeat_rows(v, repeats, prefix.size, k) for k, v in prefix.last_inputs.items()}
+        with last_cache(self.module, prefix.cache, repeats, self.cache_mode) as cache:
+            return self.module(**kw, **{self._cache_kw: cache}, use_cache=True).logits[:, -1]
 
     def forward_with_suffix(self, batch: Batch, suffix_ids: list[int]) -> torch.Tensor:
         if not suffix_ids:

@@ -28,15 +28,15 @@ td:first-child,th:first-child{text-align:left}td.l{text-align:left}
 tr.mean td{font-weight:600;border-top:2px solid #9aa3ad;background:#f1f4f7}
 td small{color:#6b7280;font-size:.85em}
 .scroll{overflow-x:auto;max-width:100%}
-.figs{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start;margin:8px 0}
-.figs img{max-width:calc(50% - 6px);height:auto;border:1px solid #eee}
+.figs{display:flex;flex-direction:column;gap:14px;align-items:flex-start;margin:8px 0}
+.figs img{display:block;width:auto;max-width:100%;height:auto;border:1px solid #eee}
 img{max-width:100%}
-.tables{display:flex;flex-wrap:wrap;gap:28px;align-items:flex-start}.tables h3{margin-top:.2em}.figs>.tables{flex:1 1 300px}
+.tables{display:flex;flex-wrap:wrap;gap:28px;align-items:flex-start}.tables h3{margin-top:.2em}.tables>div{max-width:100%}
 .note{color:#6b7280;font-style:italic;margin:.3em 0}
 pre{background:#f6f8fa;border:1px solid #e1e4e8;border-radius:4px;padding:10px 12px;font-size:.8em;line-height:1.35;overflow-x:auto}
 pre.config{white-space:pre-wrap;overflow-wrap:anywhere;max-width:60em}
 p.appx{font-size:.9em}p.appx a{color:#2457a6}
-@media print{nav{display:none}body{max-width:none;margin:0}h2{break-after:avoid}table,figure,img{break-inside:avoid}.figs img{max-width:48%}#appendix{break-before:page}}
+@media print{nav{display:none}body{max-width:none;margin:0}h2{break-after:avoid}table,figure,img{break-inside:avoid}#appendix{break-before:page}}
 .strip{display:grid;grid-template-columns:repeat(auto-fill,minmax(175px,1fr));gap:14px;margin-top:8px}
 .strip figure{margin:0;border:1px solid #d5dae0;border-radius:6px;padding:8px;background:#fbfcfd}
 .strip img{display:block;width:100%;height:auto;image-rendering:pixelated;border:1px solid #ccc}

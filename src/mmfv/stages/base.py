@@ -75,7 +75,7 @@ class Context:
             from mmfv.models import load_model
 
             m = self.cfg.model
-            self._lmm = load_model(m.name, m.dtype, m.device, m.device_map)
+            self._lmm = load_model(m.name, m.dtype, m.device, m.device_map, m.spec or None)
             if not self._lmm.use_protocol(self.cfg.run.protocol) and self.ex is not None:
                 self.ex.info("protocol %s: %s has no such prompt text; it keeps its own template", self.cfg.run.protocol, self._lmm.model_id)
             if self.cfg.cma.head_set not in self._lmm.head_sets:
@@ -130,6 +130,12 @@ def folder_digest(folder: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def _file_digest(path: Path) -> str:
+    if not path.is_file():
+        raise FileNotFoundError(f"config key model.spec: model spec file {path} does not exist")
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
 def stage_hashes(cfg: Any, stages: tuple[Stage, ...], model_fingerprint: str) -> dict[str, str]:
     """Per stage, the hash of everything its results depend on: the model, the data, the run's
     scoring batch size, its own and the sections it reads, and the hashes of the stages it needs
@@ -139,6 +145,8 @@ def stage_hashes(cfg: Any, stages: tuple[Stage, ...], model_fingerprint: str) ->
     for st in stages:
         parts: dict[str, Any] = {"stage": st.name, "model": cfg.section_hash("model"), "weights": model_fingerprint,
                                  "data": cfg.section_hash("data"), "run": cfg.section_hash("run")}
+        if cfg.model.spec:  # the spec file's content (its template, paths) shapes every result
+            parts["spec"] = _file_digest(Path(cfg.model.spec).expanduser())
         for sec in (st.section, *st.reads):
             if sec:
                 parts[sec] = cfg.section_hash(sec)

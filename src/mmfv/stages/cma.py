@@ -20,12 +20,13 @@ class CMASettings(Section):
     n_mean: Count = Field(100, description="clean prompts for the mean head activations")
     n_cma: Count = Field(25, description="corrupted prompts for the indirect effects")
     shots: Demos = Field(5, description="demonstrations per prompt (clean and corrupted)")
-    engine: Literal["fast", "reference"] = Field("fast", description="fast: KV-cached last-token batches; reference: the published algorithm")
+    engine: Literal["fast", "skip", "reference"] = Field("fast", description="fast: KV-cached last-token batches; skip: fast, and each patched row "
+                                                        "runs only the layers from its own on (same IEs); reference: the published algorithm")
     metric: Literal["prob", "logprob", "logit_diff"] = Field("prob", description="what an indirect effect changes: P(answer), its log, or answer logit minus the best other")
     top_k: Count = Field(10, description="heads in a function vector")
     fv_bias: bool = Field(False, description="add the output projection's bias once per head to the vector (the paper's code does)")
     only_correct: bool = Field(False, description="average only prompts the model answers correctly")
-    batch_size: Count = Field(8, description="corrupted prompts per batch of the fast engine")
+    batch_size: Count = Field(8, description="corrupted prompts per batch of the fast and skip engines")
     head_set: Literal["self", "cross"] = Field("self", description="self, or cross for cross-attention (Flamingo-style) models")
 
     @model_validator(mode="after")

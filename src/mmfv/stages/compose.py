@@ -20,6 +20,8 @@ class ComposeSettings(Section):
     grid: list[Rate] = Field(default_factory=lambda: [0.5, 1.0, 1.5, 2.0], min_length=1, description="weights a, b tried on val for a·FV_v + b·FV_h")
     shots: list[Demos] = Field(default_factory=lambda: [1, 2, 4, 8], min_length=1, description="ICL baselines on the diagonal relations")
     n: Count = Field(200, description="val / test prompts per relation")
+    cached: bool = Field(True, description="layer and weight choices by cached injection: each prompt batch's prefix and last-token residuals "
+                                           "computed once, only the layers after the injection layer run per accuracy (false: a full forward each time)")
 
 
 def chance(items: Sequence[P.Item]) -> float:
@@ -30,6 +32,7 @@ def chance(items: Sequence[P.Item]) -> float:
 def run(ctx: Context) -> dict:
     from mmfv import compose as C
     from mmfv import evaluate, plots
+    from mmfv.injection import Stems
     from mmfv.stages import vectors as VS
 
     if ctx.cfg.data.dataset != "synthetic":
@@ -45,11 +48,13 @@ def run(ctx: Context) -> dict:
     def zs(split, rel):
         return P.build("zero-shot", split[rel], split, 0, c.n, seed)
 
+    stems = Stems(lmm) if c.cached else None
+
     def acc(prompts, vec, layer):
-        return evaluate.accuracy(lmm, prompts, vec, layer, bs, ctx.ex)["acc"]
+        return evaluate.accuracy(lmm, prompts, vec, layer, bs, ctx.ex, stems)["acc"]
 
     def sweep(prompts, vec):
-        return evaluate.layer_sweep(lmm, prompts, vec, bs, ex=ctx.ex)
+        return evaluate.layer_sweep(lmm, prompts, vec, bs, ex=ctx.ex, stems=stems)
 
     neighbours: dict[tuple[str, str], dict[str, str]] = {}  # (image, query) -> relation -> answer, in test scenes
     for r_, its in test.items():
@@ -85,7 +90,7 @@ def run(ctx: Context) -> dict:
                     r["composed_grid"], layer)
     keys = ["chance", "single_best", "composed", "composed_grid", "zero_shot", "composed_tuned"]
     res["mean"] = {k: round(sum(res["relations"][r][k] for r in R.NOVEL) / len(R.NOVEL), 4) for k in keys}
-    res["analogies"] = {fam: _analogies(ctx, fvs, val, test, ops, answers) for fam, (ops, answers) in
+    res["analogies"] = {fam: _analogies(ctx, fvs, val, test, ops, answers, stems) for fam, (ops, answers) in
                         {"cardinal": (R.CARDINAL, R.CARDINAL), "diagonal": (R.SPATIAL, R.NOVEL)}.items()}
     plots.bars({r: {"single best": res["relations"][r]["single_best"], "composed a=b=1": res["relations"][r]["composed"],
                     "composed (val grid)": res["relations"][r]["composed_grid"],
@@ -98,14 +103,14 @@ def run(ctx: Context) -> dict:
     return out_json
 
 
-def _analogies(ctx: Context, fvs: dict, val: dict, test: dict, ops: Sequence[str], answers: Sequence[str]) -> dict:
+def _analogies(ctx: Context, fvs: dict, val: dict, test: dict, ops: Sequence[str], answers: Sequence[str], stems=None) -> dict:
     """One family of analogies: one layer, chosen on val (mean accuracy over the family's items, at
-    most 50 val prompts per item), reported on test."""
+    most 50 val prompts per item), reported on test; ``stems``: cached injection."""
     from mmfv import compose as C
     from mmfv import evaluate
 
     n, bs, seed, lmm = ctx.cfg.compose.n, ctx.cfg.run.batch_size, ctx.seed, ctx.lmm
-    acc = lambda prompts, vec, layer: evaluate.accuracy(lmm, prompts, vec, layer, bs, ctx.ex)["acc"]  # noqa: E731
+    acc = lambda prompts, vec, layer: evaluate.accuracy(lmm, prompts, vec, layer, bs, ctx.ex, stems)["acc"]  # noqa: E731
     items = C.analogy_items(ops, answers)
     vecs = {(a, b, c): C.analogy_vector(fvs, a, b, c).vector for a, b, c, _ in items}
     val_zs = {d: P.build("zero-shot", val[d], val, 0, min(n, 50), seed) for d in {d for *_, d in items}}

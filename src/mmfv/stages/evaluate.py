@@ -17,6 +17,8 @@ from mmfv.stages.base import Context, ReportSection, Stage
 class EvalSettings(Section):
     n: Count = Field(200, description="zero-shot prompts per relation and split (val: layer choice; test: reported)")
     head_counts: list[Count] = Field(default_factory=lambda: list(range(1, 21)), min_length=1, description="numbers of top heads for the head-count sweep (the default stops at the model's head count; counts you set must fit)")
+    cached: bool = Field(True, description="sweeps by cached injection: each prompt batch's prefix and last-token residuals computed once, "
+                                           "only the layers after the injection layer run per accuracy (false: a full forward each time)")
 
 
 def head_counts(cfg: Any, n: int, where: str) -> list[int]:
@@ -38,8 +40,9 @@ def check(cfg: Any, lmm: Any) -> None:
 
 
 def run(ctx: Context) -> dict:
-    from mmfv import evaluate, plots
+    from mmfv import evaluate
     from mmfv import vectors as V
+    from mmfv.injection import Stems
     from mmfv.stages import cma as CMA
     from mmfv.stages import vectors as VS
 
@@ -48,44 +51,62 @@ def run(ctx: Context) -> dict:
     icl = ctx.results("icl")
     val, test = ctx.items("val"), ctx.items("test")
     res: dict = {"relations": {}}
+    stems = Stems(lmm) if c.cached else None
     for rel, fv in fvs.items():
         zs_val = P.build("zero-shot", val[rel], val, 0, c.n, ctx.seed)
         zs_test = P.build("zero-shot", test[rel], test, 0, c.n, ctx.seed)
         with ctx.ex.scope(rel):
-            sweep = evaluate.layer_sweep(lmm, zs_val, fv.vector, bs, ex=ctx.ex)
+            sweep = evaluate.layer_sweep(lmm, zs_val, fv.vector, bs, ex=ctx.ex, stems=stems)
             best = evaluate.best_layer(sweep)
             r = {
                 "zero_shot": evaluate.accuracy(lmm, zs_test, batch_size=bs, ex=ctx.ex)["acc"],
-                "fv": evaluate.accuracy(lmm, zs_test, fv.vector, best, bs, ctx.ex)["acc"],
+                "fv": evaluate.accuracy(lmm, zs_test, fv.vector, best, bs, ctx.ex, stems)["acc"],
                 "best_layer": best,
                 "layer_sweep_val": sweep,
-                "layer_sweep_test": evaluate.layer_sweep(lmm, zs_test, fv.vector, bs, ex=ctx.ex),
+                "layer_sweep_test": evaluate.layer_sweep(lmm, zs_test, fv.vector, bs, ex=ctx.ex, stems=stems),
             }
             cres = CMA.load(ctx.input("cma"), rel, lmm)
             ks = head_counts(ctx.cfg, cres.aie.numel(), f"the CMA results in {ctx.input('cma')}")
             r["head_count"] = {str(k): evaluate.accuracy(lmm, zs_test, V.build(lmm, cres.means, cres.top_heads(k), rel, head_set=cres.head_set).vector,
-                                                         best, bs, ctx.ex)["acc"] for k in ks}
+                                                         best, bs, ctx.ex, stems)["acc"] for k in ks}
         r["icl_by_shots"] = {k: icl["clean"][k][rel]["acc"] for k in icl["clean"]}
         fv.at(best).save(out / "vectors" / f"{rel}.safetensors")  # the vector with the layer chosen for it
         res["relations"][rel] = r
+        if stems is not None:
+            stems.clear()  # the next relation has other prompts
         ctx.ex.info("  %s: zero-shot %.3f  fv %.3f @ layer %d", rel, r["zero_shot"], r["fv"], best)
     rels = list(fvs)
     res["mean"] = {k: round(sum(res["relations"][r][k] for r in rels) / len(rels), 4) for k in ("zero_shot", "fv")}
     for r in rels:  # flat per-relation keys
         res[r] = {k: res["relations"][r][k] for k in ("zero_shot", "fv", "best_layer")}
-    first = next(iter(res["relations"].values()))
-    zs = {"zero-shot, no FV (mean)": res["mean"]["zero_shot"]}
-    plots.curves({r: res["relations"][r]["layer_sweep_test"] for r in rels}, list(range(lmm.n_layers)), "injection layer", "zero-shot accuracy (test)",
-                 f"FV layer sweep ({lmm.model_id})", out / "layer_sweep.png", hlines=zs, formats=H.FORMATS)
-    plots.curves({r: list(res["relations"][r]["head_count"].values()) for r in rels}, [int(k) for k in first["head_count"]], "heads in the FV (k)",
-                 "zero-shot accuracy (test)", "FV head-count sweep", out / "head_count.png", hlines=zs, formats=H.FORMATS)
-    plots.curves({r: list(res["relations"][r]["icl_by_shots"].values()) for r in rels}, [int(k) for k in first["icl_by_shots"]], "demonstrations (k)",
-                 "accuracy (test)", "ICL by context size", out / "context_size.png", hlines={"zero-shot + FV (mean)": res["mean"]["fv"]},
-                 formats=H.FORMATS)
+    draw({"model": lmm.model_id, **res}, out)
     ctx.ex.info("FV (test, layer chosen on val): zero-shot %.3f -> %.3f", res["mean"]["zero_shot"], res["mean"]["fv"])
     out_json = {"model": lmm.model_id, "n_eval": c.n, **res}
     ctx.write("eval", out_json)
     return out_json
+
+
+def draw(res: dict, out: Path) -> list[Path]:
+    """The stage's figures from its results (``res``: results.json's content) into ``out``: the layer
+    sweep, the head-count sweep and ICL by context size. The stage and the report both draw them, so a
+    rebuilt report shows the current figure style."""
+    from mmfv import plots
+
+    rels = list(res["relations"])
+    first = res["relations"][rels[0]]
+    zs = {"zero-shot, no FV (mean)": res["mean"]["zero_shot"]}
+    depth = max(len(res["relations"][r]["layer_sweep_test"]) for r in rels)
+    hk, sk = H.by_k(first["head_count"]), H.by_k(first["icl_by_shots"])
+    figs = [
+        plots.curves({r: res["relations"][r]["layer_sweep_test"] for r in rels}, list(range(depth)), "injection layer", "zero-shot accuracy (test)",
+                     f"FV layer sweep ({res.get('model', '?')})", out / "layer_sweep.png", hlines=zs, formats=H.FORMATS),
+        plots.curves({r: [res["relations"][r]["head_count"][k] for k in hk] for r in rels}, [int(k) for k in hk], "heads in the FV (k)",
+                     "zero-shot accuracy (test)", "FV head-count sweep", out / "head_count.png", hlines=zs, formats=H.FORMATS),
+        plots.curves({r: [res["relations"][r]["icl_by_shots"][k] for k in sk] for r in rels}, [int(k) for k in sk], "demonstrations (k)",
+                     "accuracy (test)", "ICL by context size", out / "context_size.png", hlines={"zero-shot + FV (mean)": res["mean"]["fv"]},
+                     formats=H.FORMATS),
+    ]
+    return [f.mmfv_path for f in figs]
 
 
 def section(res: H.Results, out: Path) -> str:
@@ -98,8 +119,10 @@ def section(res: H.Results, out: Path) -> str:
     mean = ["mean", H.acc(m.get("zero_shot"), nm), H.acc(m.get("fv"), nm), (m["fv"] - m["zero_shot"]) if "fv" in m and "zero_shot" in m else None, ""]
     html = H.table(["relation", "zero-shot [95% CI]", "zero-shot + FV [95% CI]", "Δ", "layer (chosen on val)"], rows, mean,
                    caption=f"Test accuracy, {H.esc(n or '?')} zero-shot prompts per relation; the FV is added at the layer best on val.")
-    names = {"layer_sweep.png": "layer sweep", "head_count.png": "head-count sweep", "context_size.png": "context size"}
-    figs = [H.img_file(d / n) for n in names if (d / n).exists()]
+    try:
+        figs = [H.img_file(p) for p in draw(ev, out)]
+    except (KeyError, TypeError, ValueError, IndexError):  # results of an older layout: the stage's own figures
+        figs = [H.img_file(d / n) for n in ("layer_sweep.png", "head_count.png", "context_size.png") if (d / n).exists()]
     if not figs:
         html += H.note("no sweep figures in the eval folder")
     tabs = []

@@ -24,6 +24,8 @@ class FinetuneStageSettings(Section):
     search_layers: bool = Field(False, description="tune at each candidate layer (headline size) and keep the best on val; else the FV's own layer")
     layers: list[Index] = Field(default_factory=list, description="candidate layers for search_layers (empty: every layer)")
     batch_size: Count = Field(16, description="training prompts per step")
+    cached: bool = Field(True, description="cached injection: each training and val batch's prefix and last-token residuals computed once, "
+                                            "a step runs only the layers after the vector's (same method; float rounding differs, ~1e-6)")
     shots: list[Demos] = Field(default_factory=lambda: list(range(1, 9)), min_length=1, description="ICL baselines: numbers of demonstrations")
     n: Count = Field(200, description="val / test prompts per relation")
 
@@ -45,20 +47,22 @@ def check(cfg: Any, lmm: Any) -> None:
 def run(ctx: Context) -> dict:
     import torch
 
-    from mmfv import evaluate, plots
+    from mmfv import evaluate
     from mmfv import vectors as V
     from mmfv.finetune import FinetuneSettings, finetune
+    from mmfv.injection import Stems
     from mmfv.stages import vectors as VS
 
     c, lmm, out, bs, seed = ctx.cfg.finetune, ctx.lmm, ctx.dir("finetune"), ctx.cfg.run.batch_size, ctx.seed
     fvs = VS.load(ctx.input("vectors"), ctx.relations, lmm)
     ev = ctx.results("eval")
-    settings = FinetuneSettings(epochs=c.epochs, lr=c.lr, schedule=c.schedule, batch_size=c.batch_size, seed=seed)
+    settings = FinetuneSettings(epochs=c.epochs, lr=c.lr, schedule=c.schedule, batch_size=c.batch_size, seed=seed, cached=c.cached)
     cands = (list(range(lmm.n_layers)) if not c.layers else list(c.layers)) if c.search_layers else []
     check(ctx.cfg, lmm)
     train, val, test = ctx.items("train"), ctx.items("val"), ctx.items("test")
     res: dict = {"relations": {}, "sizes": list(c.sizes), "headline_size": c.headline_size}
-    acc = lambda prompts, vec=None, layer=None: evaluate.accuracy(lmm, prompts, vec, layer, bs, ctx.ex)["acc"]  # noqa: E731
+    stems = Stems(lmm) if c.cached else None  # test prompts prepared once for every tuned vector
+    acc = lambda prompts, vec=None, layer=None: evaluate.accuracy(lmm, prompts, vec, layer, bs, ctx.ex, stems)["acc"]  # noqa: E731
     def one(rel: str, fv: V.FunctionVector) -> dict:
         layer = ev["relations"][rel]["best_layer"]
         pool = train[rel]
@@ -103,16 +107,33 @@ def run(ctx: Context) -> dict:
         ctx.ex.info("  %s: icl_best %.3f  fv %.3f  fv_tuned %.3f  fv_random_init %.3f", rel, r["icl_best"], r["fv"], r["fv_tuned"], r["fv_random_init"])
     rels = list(fvs)
     res["mean"] = {k: round(sum(res[r][k] for r in rels) / len(rels), 4) for k in ("icl_best", "fv", "fv_tuned", "fv_random_init")}
-    plots.curves({r: [res["relations"][r]["by_size"][str(n)]["fv_tuned"] for n in c.sizes] for r in rels}, list(c.sizes),
-                 "training prompts", "zero-shot accuracy with tuned FV (test)", "Fine-tuned FV vs ICL",
-                 out / "accuracy_vs_size.png", hlines={"ICL best (mean)": res["mean"]["icl_best"], "extracted FV (mean)": res["mean"]["fv"]},
-                 formats=H.FORMATS)
-    plots.curves({f"{r} n={c.headline_size}": [x["val_acc"] for x in res["relations"][r]["curves"][str(c.headline_size)]] for r in rels},
-                 list(range(1, c.epochs + 1)), "epoch", "val accuracy", "Fine-tuning learning curves", out / "learning_curves.png", formats=H.FORMATS)
+    draw(res, out)
     ctx.ex.info("fine-tuning (test): %s", res["mean"])
     out_json = {"model": lmm.model_id, "n_eval": c.n, **res}
     ctx.write("finetune", out_json)
     return out_json
+
+
+def draw(res: dict, out: Path) -> list[Path]:
+    """The stage's figures from its results (``res``: results.json's content) into ``out``: tuned-FV
+    accuracy by training size, and the val learning curves at the headline size. The stage and the
+    report both draw them, so a rebuilt report shows the current figure style."""
+    from mmfv import plots
+
+    rels, sizes, hs = list(res["relations"]), list(res.get("sizes", [])), res.get("headline_size")
+    paths = []
+    if sizes:
+        by = {r: [res["relations"][r]["by_size"][str(n)]["fv_tuned"] for n in sizes] for r in rels}
+        refs = {k: v for k, v in (("ICL best (mean)", res.get("mean", {}).get("icl_best")), ("extracted FV (mean)", res.get("mean", {}).get("fv")))
+                if v is not None}
+        paths.append(plots.curves(by, sizes, "training prompts", "zero-shot accuracy with tuned FV (test)", "Fine-tuned FV vs ICL",
+                                  out / "accuracy_vs_size.png", hlines=refs, formats=H.FORMATS).mmfv_path)
+    lc = {f"{r} n={hs}": [x["val_acc"] for x in res["relations"][r].get("curves", {}).get(str(hs), [])] for r in rels}
+    if any(lc.values()):
+        epochs = max(len(v) for v in lc.values())
+        paths.append(plots.curves(lc, list(range(1, epochs + 1)), "epoch", "val accuracy", "Fine-tuning learning curves", out / "learning_curves.png",
+                                  formats=H.FORMATS).mmfv_path)
+    return paths
 
 
 def best_icl(res: H.Results, rel: str) -> float | None:
@@ -190,7 +211,10 @@ def section(res: H.Results, out: Path) -> str:
     if any(icl_k.values()):
         ks = H.by_k(next(v for v in icl_k.values() if v))
         html += res.fold("ICL baselines by shots (test, 95% CI)", H.table(["relation", *[f"k={k}" for k in ks]], [[r, *[H.acc(icl_k[r].get(k), n) for k in ks]] for r in rels]))
-    figs = [H.img_file(d / n) for n in ("accuracy_vs_size.png", "learning_curves.png") if (d / n).exists()]
+    try:
+        figs = [H.img_file(p) for p in draw(ft, out)]
+    except (KeyError, TypeError, ValueError):  # results of an older layout: the stage's own figures
+        figs = [H.img_file(d / n) for n in ("accuracy_vs_size.png", "learning_curves.png") if (d / n).exists()]
     return html + (H.figs(figs) if figs else H.note("no fine-tuning figures in the folder"))
 
 

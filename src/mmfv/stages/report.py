@@ -111,12 +111,16 @@ def examples(res: H.Results, lmm: Any, n: int, out: Path) -> str:
     for i in range(n):
         r = rels[i % len(rels)]
         p, plain, ok0, steered, ok1 = found[r][i // len(rels)]
-        data_png = example_png(p.query)
-        name = f"example_{i}.png"
-        write_bytes(out / name, data_png)
-        written.add(name)
+        if p.query.has_image:
+            data_png = example_png(p.query)
+            name = f"example_{i}.png"
+            write_bytes(out / name, data_png)
+            written.add(name)
+            pic = H.img(data_png, f"{r}: {p.query.query}")
+        else:  # a text-only item: the prompt itself is the example
+            pic = f"<pre>{H.esc(lmm.render(p))}</pre>"
         layer = ev["relations"][r]["best_layer"]
-        figs.append(f"<figure>{H.img(data_png, f'{r}: {p.query.query}')}<figcaption><b>{H.esc(r)}</b> of <i>{H.esc(p.query.query)}</i><br>"
+        figs.append(f"<figure>{pic}<figcaption><b>{H.esc(r)}</b> of <i>{H.esc(p.query.query)}</i><br>"
                     f"correct: <b>{H.esc(p.answer)}</b><br>without FV: {mark(plain, ok0)}<br>with FV (layer {H.esc(layer)}): {mark(steered, ok1)}</figcaption></figure>")
     for old in out.glob("example_*.png"):  # examples of an earlier, larger report
         if old.name not in written:

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from mmfv.models.base import LMM, Batch, FeatureCache, HeadSet, Prefix
+from mmfv.models.base import LMM, Batch, FeatureCache, HeadSet, LastSteps, Prefix
 from mmfv.models.openflamingo.modeling import OpenFlamingo
 from mmfv.models.openflamingo.vision import ClipImageProcessor, VisionConfig
 from mmfv.prompts import FLAMINGO, Prompt
@@ -156,6 +156,11 @@ class OpenFlamingoLMM(LMM):
         """The decoder layer whose input cross layer ``c`` transforms."""
         return self.module.cross_layer_indices[c]
 
+    def decoder_layer_of(self, layer: int, head_set: str = "self") -> int | None:
+        """Self layer l is decoder layer l; cross layer c sits inside decoder layer ``cross_layer_indices[c]``
+        (before its self-attention), so a cross patch leaves that decoder layer's input unchanged too."""
+        return self.cross_layer_to_decoder_layer(layer) if head_set == "cross" else super().decoder_layer_of(layer, head_set)
+
     def head_output_gate(self, layer: int, head_set: str = "self") -> float:
         """The factor between ``o_proj`` output and what reaches the residual stream: 1 for "self",
         tanh(attn_gate) for "cross" (a cross head writes tanh(gate)·W_O[:, h]·a into the residual)."""
@@ -227,6 +232,13 @@ class OpenFlamingoLMM(LMM):
         inp = batch.inputs
         return self._run(inp["input_ids"], inp["attention_mask"], inp["media"]).logits
 
+    def last_logits(self, batch: Batch) -> torch.Tensor:
+        """Logits (B, V) of the last position only (the LM head skips the others)."""
+        inp = batch.inputs
+        mask = inp["attention_mask"]
+        return self.module(input_ids=inp["input_ids"], attention_mask=mask, media=inp["media"], position_ids=self._positions(mask), use_cache=False,
+                           logits_to_keep=1).logits[:, -1]
+
     def prefix(self, batch: Batch) -> Prefix:
         inp = batch.inputs
         ids, mask, media = inp["input_ids"], inp["attention_mask"], inp["media"]
@@ -253,6 +265,11 @@ class OpenFlamingoLMM(LMM):
             text_time=rep(li["text_time"]), position_ids=rep(li["position_ids"]), cache=cache, use_cache=True,
         )
         return out.logits[:, -1]
+
+    def last_steps(self, prefix: Prefix) -> LastSteps:
+        from mmfv.models.openflamingo.steps import FlamingoSteps
+
+        return FlamingoSteps(self.module, prefix)
 
     def forward_with_suffix(self, batch: Batch, suffix_ids: list[int]) -> torch.Tensor:
         inp = batch.inputs

@@ -310,6 +310,7 @@ class OpenFlamingo(nn.Module):
         cache: Any = None,
         use_cache: bool = False,
         labels: torch.Tensor | None = None,
+        logits_to_keep: int = 0,
     ):
         """Causal-LM output (``.logits`` (B, T, V), ``.cache``).
 
@@ -318,6 +319,7 @@ class OpenFlamingo(nn.Module):
         ``<image>`` token of a row refers to its m-th image (rows with fewer images are
         zero-padded). ``text_time`` (B, T) defaults to the ``<image>`` count of ``input_ids``; pass
         it when ``input_ids`` is only the tail of a prompt whose head is in ``cache``.
+        ``logits_to_keep`` = n > 0: logits of the last n positions only.
         """
         if media is None:
             if pixel_values is None:
@@ -335,4 +337,5 @@ class OpenFlamingo(nn.Module):
             labels=labels,
             flamingo_media=media,
             flamingo_text_time=text_time,
+            **({"logits_to_keep": logits_to_keep} if logits_to_keep else {}),
         )

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from mmfv.io import read_json
-from mmfv.models.base import LMM, Batch, FeatureCache, Prefix
+from mmfv.models.base import LMM, Batch, FeatureCache, LastSteps, Prefix
 from mmfv.models.tiny.modeling import MmfvTinyConfig, MmfvTinyForCausalLM, image_groups_of
 from mmfv.models.tiny.tokenizer import BOS, PAD, TinyTokenizer
 from mmfv.models.tiny.train import pixels_of
@@ -135,6 +135,10 @@ class TinyLMM(LMM):
     def forward(self, batch: Batch) -> torch.Tensor:
         return self.module(**batch.inputs)["logits"]
 
+    def last_logits(self, batch: Batch) -> torch.Tensor:
+        """Logits (B, V) of the last position only (the LM head skips the others)."""
+        return self.module(**batch.inputs, logits_to_keep=1)["logits"][:, -1]
+
     def prefix(self, batch: Batch) -> Prefix:
         inp = batch.inputs
         ids, mask = inp["input_ids"], inp["attention_mask"]
@@ -155,6 +159,9 @@ class TinyLMM(LMM):
         out = self.module(inputs_embeds=rep(li["inputs_embeds"]), attention_mask=rep(li["attention_mask"]), position_ids=rep(li["position_ids"]), past_key_values=cache)
         return out["logits"][:, -1]
 
+    def last_steps(self, prefix: Prefix) -> LastSteps:
+        return _TinySteps(self.module, prefix)
+
     def forward_with_suffix(self, batch: Batch, suffix_ids: list[int]) -> torch.Tensor:
         inp = dict(batch.inputs)
         if suffix_ids:
@@ -162,3 +169,28 @@ class TinyLMM(LMM):
             inp["input_ids"] = torch.cat([inp["input_ids"], s], 1)
             inp["attention_mask"] = torch.cat([inp["attention_mask"], torch.ones_like(s)], 1)
         return self.module(**inp)["logits"]
+
+
+class _TinySteps(LastSteps):
+    """mmfv-tiny's last token layer by layer: the same layer calls, mask and positions as
+    :meth:`TinyLMM.last` (one decoder layer at a time instead of the whole stack)."""
+
+    def __init__(self, model: MmfvTinyForCausalLM, prefix: Prefix) -> None:
+        li = prefix.last_inputs
+        self.size = prefix.size
+        self._model, self._cache = model, prefix.cache  # per layer (k, v), each (N, H, P, d)
+        self._x = li["inputs_embeds"][:, 0]  # (N, D)
+        self._pos = li["position_ids"]  # (N, 1)
+        P = self._cache[0][0].shape[2]
+        self._mask = model.model.build_mask(self.size, 1, P, self._x.device, li["attention_mask"])  # (N, 1, 1, P+1)
+
+    def embed(self) -> torch.Tensor:
+        return self._x
+
+    def layer(self, layer: int, hidden: torch.Tensor, repeats: int = 1) -> torch.Tensor:
+        rep = (lambda t: t.repeat_interleave(repeats, dim=0)) if repeats > 1 else (lambda t: t)  # noqa: E731
+        x, _ = self._model.model.layers[layer](hidden[:, None], rep(self._pos), rep(self._mask), self._cache[layer])
+        return x[:, 0]
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self._model.unembed(self._model.model.norm(hidden))

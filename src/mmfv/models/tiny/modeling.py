@@ -201,6 +201,23 @@ class MmfvTinyModel(nn.Module):
             x = x.masked_scatter(is_img[..., None], image_features.reshape(-1, x.shape[-1]).to(x.dtype))
         return x
 
+    @staticmethod
+    def build_mask(B: int, T: int, P: int, device, attention_mask=None, image_groups=None) -> torch.Tensor:
+        """(B, 1, T, P+T) bool, True = attend: T new tokens after P cached ones (see :meth:`forward`)."""
+        S = P + T
+        causal = torch.ones(T, S, dtype=torch.bool, device=device).tril(P)
+        mask = causal[None, None].expand(B, 1, T, S)
+        if image_groups is not None:
+            gq = image_groups[:, P:S]  # (B, T) groups of the new tokens
+            same = gq[:, :, None] == image_groups[:, None, :S]  # (B, T, S)
+            mask = mask & (same | (gq[:, :, None] == 0))[:, None]
+        if attention_mask is not None:
+            # Padding keys are hidden; every token still sees itself so padded rows stay finite.
+            self_ = torch.zeros(T, S, dtype=torch.bool, device=device)
+            self_[torch.arange(T), torch.arange(P, S)] = True
+            mask = (mask & attention_mask[:, None, None, :S].bool()) | self_
+        return mask
+
     def forward(self, inputs_embeds, position_ids, attention_mask=None, past_key_values=None, image_groups=None):
         """inputs_embeds: (B, T, D); position_ids: (B, T); attention_mask: (B, S) 1 = real token;
         image_groups: (B, S) image number (1, 2, …) of each patch token, 0 for text (for "local"
@@ -210,18 +227,7 @@ class MmfvTinyModel(nn.Module):
         """
         B, T, _ = inputs_embeds.shape
         P = 0 if past_key_values is None else past_key_values[0][0].shape[2]
-        S = P + T
-        causal = torch.ones(T, S, dtype=torch.bool, device=inputs_embeds.device).tril(P)
-        mask = causal[None, None].expand(B, 1, T, S)
-        if image_groups is not None:
-            gq = image_groups[:, P:S]  # (B, T) groups of the new tokens
-            same = gq[:, :, None] == image_groups[:, None, :S]  # (B, T, S)
-            mask = mask & (same | (gq[:, :, None] == 0))[:, None]
-        if attention_mask is not None:
-            # Padding keys are hidden; every token still sees itself so padded rows stay finite.
-            self_ = torch.zeros(T, S, dtype=torch.bool, device=inputs_embeds.device)
-            self_[torch.arange(T), torch.arange(P, S)] = True
-            mask = (mask & attention_mask[:, None, None, :S].bool()) | self_
+        mask = self.build_mask(B, T, P, inputs_embeds.device, attention_mask, image_groups)
         x = inputs_embeds
         cache = []
         for i, layer in enumerate(self.layers):
@@ -269,12 +275,14 @@ class MmfvTinyForCausalLM(PreTrainedModel):
         use_cache: bool = False,
         return_hidden: bool = False,
         image_groups: torch.Tensor | None = None,
+        logits_to_keep: int = 0,
     ):
         """Logits (B, T, V) for ``input_ids`` (B, T).
 
         Images come as ``pixel_values`` (N, 3, H, W) or, reused, as ``image_features``
         (N, grid², D) from :meth:`encode_images`. With ``past_key_values`` (from a call with
         ``use_cache=True``) only the new tokens are given; position_ids continue from the cache.
+        ``logits_to_keep`` = n > 0: logits of the last n positions only (B, n, V).
         """
         if inputs_embeds is None:
             if image_features is None and pixel_values is not None:
@@ -297,7 +305,7 @@ class MmfvTinyForCausalLM(PreTrainedModel):
                 raise ValueError("local image attention needs input_ids or image_groups for multi-token inputs")
             groups = image_groups
         h, cache = self.model(inputs_embeds, position_ids, attention_mask, past_key_values, groups)
-        logits = self.unembed(h)
+        logits = self.unembed(h[:, -logits_to_keep:] if logits_to_keep else h)
         out = {"logits": logits}
         if use_cache:
             out["past_key_values"] = cache
