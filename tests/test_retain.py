@@ -56,3 +56,14 @@ def test_summary_names_the_largest_drop_in_plain_words():
     assert s[0] == "Injecting above's extracted vector (layer 3) drops left's 4-shot ICL from 0.97 to 0.41."
     assert "1 of 3" in s[-1] and "+0.05" in s[1]
     assert retain.summary(rows[1:], 4) == ["No injected vector lowers any accuracy by more than 0.05."]
+
+
+def test_cached_injection_agrees_with_the_reference(lmm, sets):
+    from mmfv.injection import Stems
+
+    g = torch.Generator().manual_seed(1)
+    for layer in range(lmm.n_layers):
+        inj = retain.Injection("above", "tuned", torch.randn(lmm.hidden_size, generator=g) * 20, layer)
+        stems = Stems(lmm)
+        assert retain.scores(lmm, sets, inj, 4, stems=stems) == retain.scores(lmm, sets, inj, 4)
+        assert stems.prepared == sum(-(-len(p) // 4) for p in sets.values())  # each batch of each set prepared once

@@ -15,6 +15,7 @@ import torch
 from mmfv import evaluate
 from mmfv import prompts as P
 from mmfv.execution import LOCAL, Execution
+from mmfv.injection import Stems
 from mmfv.models.base import LMM
 from mmfv.prompts import Item, Prompt
 
@@ -49,14 +50,15 @@ def prompt_sets(test: Mapping[str, Sequence[Item]], relations: Sequence[str], sh
 
 
 def scores(lmm: LMM, sets: Mapping[Key, Sequence[Prompt]], injection: Injection | None = None, batch_size: int = 64,
-           ex: Execution = LOCAL) -> dict[Key, float]:
-    """Accuracy of each prompt set, with ``injection`` added at its layer (last position) or without."""
+           ex: Execution = LOCAL, stems: Stems | None = None) -> dict[Key, float]:
+    """Accuracy of each prompt set, with ``injection`` added at its layer (last position) or without.
+    ``stems``: cached injection, each set prepared once for every vector (see :mod:`mmfv.injection`)."""
     out = {}
     for key, prompts in sets.items():
         if injection is None:
             out[key] = evaluate.accuracy(lmm, prompts, batch_size=batch_size, ex=ex)["acc"]
         else:
-            out[key] = evaluate.accuracy(lmm, prompts, injection.vector, injection.layer, batch_size, ex)["acc"]
+            out[key] = evaluate.accuracy(lmm, prompts, injection.vector, injection.layer, batch_size, ex, stems)["acc"]
     return out
 
 

@@ -64,6 +64,7 @@ def test_every_vector_against_the_same_sets_without_it(run_dir):
 def test_chosen_kinds_and_off_switch(run_dir):
     lmm, out = run_dir
     res = retain.run(Context(cfg(vectors=["extracted"]), out, _lmm=lmm))
+    assert res == retain.run(Context(cfg(vectors=["extracted"], cached=False), out, _lmm=lmm))  # cached == reference path
     assert {r["kind"] for r in res["rows"]} == {"extracted"}
     with pytest.raises(StageSkipped, match="retain.enabled"):
         retain.run(Context(cfg(enabled=False), out, _lmm=lmm))

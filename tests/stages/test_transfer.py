@@ -31,8 +31,8 @@ def _vectors(lmm, folder, scale: float, layer: int, tuned: bool = True) -> None:
     (folder / "eval" / "results.json").write_text(json.dumps({}))
 
 
-def cfg(source: str = ""):
-    return C.from_dict({"data": {"val_scenes": 30, "test_scenes": 30, "relations": RELS, "seed": 7}, "transfer": {"source": source, "n": 6},
+def cfg(source: str = "", **kw):
+    return C.from_dict({"data": {"val_scenes": 30, "test_scenes": 30, "relations": RELS, "seed": 7}, "transfer": {"source": source, "n": 6, **kw},
                         "run": {"batch_size": 8}})
 
 
@@ -46,6 +46,7 @@ def test_source_vectors_on_this_runs_data(tmp_path):
     ctx = Context(cfg(str(src)), here, _lmm=lmm)
     res = transfer.run(ctx)
     assert set(res["relations"]) == set(RELS)
+    assert res == transfer.run(Context(cfg(str(src), cached=False), here, _lmm=lmm))  # cached == reference path
     left = res["relations"]["left"]
     assert left["layer_source"] == 1 and left["layer_here"] == 0 and 0 <= left["layer_val"] < lmm.n_layers
     test = ctx.items("test")

@@ -22,6 +22,7 @@ class RetainSettings(Section):
     n: Count = Field(100, description="test prompts per (relation, zero-shot | ICL) set")
     vectors: list[Literal["extracted", "tuned", "composed"]] = Field(default_factory=lambda: list(KINDS), min_length=1,
                                                                     description="which vectors to inject (each where its stage ran)")
+    cached: bool = Field(True, description="cached injection: each prompt set prepared once for every vector (false: a full forward each time)")
 
 
 def injections(ctx: Context) -> list:
@@ -60,10 +61,13 @@ def run(ctx: Context) -> dict:
     with ctx.ex.scope("no vector"):
         base = retain.scores(lmm, sets, None, bs, ctx.ex)
     rows = []
+    from mmfv.injection import Stems
+
+    stems = Stems(lmm) if c.cached else None
     for i in inj:
         keys = retain.targets(i, rels)
         with ctx.ex.scope(i.name):
-            got = retain.scores(lmm, {k: sets[k] for k in keys}, i, bs, ctx.ex)
+            got = retain.scores(lmm, {k: sets[k] for k in keys}, i, bs, ctx.ex, stems)
         rows += [{"vector": i.relation, "kind": i.kind, "layer": i.layer, "target": t, "prompts": p, "base": base[(t, p)], "with": got[(t, p)],
                   "delta": round(got[(t, p)] - base[(t, p)], 4)} for t, p in keys]
     text = retain.summary(rows, c.shots)

@@ -20,6 +20,7 @@ KEYS = ("zero_shot", "fv_here", "fv_source", "fv_source_val", "fv_tuned_source",
 class TransferSettings(Section):
     source: str = Field("", description="run folder whose vectors are evaluated on this run's data (empty: the stage is skipped)")
     n: Count = Field(200, description="val / test prompts per relation")
+    cached: bool = Field(True, description="cached injection for the layer sweeps and scores (false: a full forward each time)")
 
 
 def source_vectors(source: str | Path, relations: list[str], lmm) -> tuple[dict, dict]:
@@ -40,9 +41,11 @@ def source_vectors(source: str | Path, relations: list[str], lmm) -> tuple[dict,
 
 def run(ctx: Context) -> dict:
     from mmfv import evaluate
+    from mmfv.injection import Stems
     from mmfv.stages import vectors as VS
 
     c, lmm, bs, seed = ctx.cfg.transfer, ctx.lmm, ctx.cfg.run.batch_size, ctx.seed
+    stems = Stems(lmm) if c.cached else None
     if not c.source:
         raise StageSkipped("opt-in: set transfer.source to another run's folder")
     ext, tuned = source_vectors(c.source, ctx.relations, lmm)
@@ -53,16 +56,18 @@ def run(ctx: Context) -> dict:
     res: dict = {"source": str(c.source), "relations": {}}
     for rel, fv in ext.items():
         zv, zt = P.build("zero-shot", val[rel], val, 0, c.n, seed), P.build("zero-shot", test[rel], test, 0, c.n, seed)
-        acc = lambda v=None, layer=None: evaluate.accuracy(lmm, zt, v, layer, bs, ctx.ex)["acc"]  # noqa: E731
+        acc = lambda v=None, layer=None: evaluate.accuracy(lmm, zt, v, layer, bs, ctx.ex, stems)["acc"]  # noqa: E731
         with ctx.ex.scope(rel):
-            layer = evaluate.best_layer(evaluate.layer_sweep(lmm, zv, fv.vector, bs, ex=ctx.ex))
+            layer = evaluate.best_layer(evaluate.layer_sweep(lmm, zv, fv.vector, bs, ex=ctx.ex, stems=stems))
             r = {"zero_shot": acc(), "fv_here": acc(here[rel].vector, here[rel].layer), "layer_here": here[rel].layer,
                  "fv_source": acc(fv.vector, fv.layer), "layer_source": fv.layer, "fv_source_val": acc(fv.vector, layer), "layer_val": layer}
             if rel in tuned:
                 t = tuned[rel]
-                tl = evaluate.best_layer(evaluate.layer_sweep(lmm, zv, t.vector, bs, ex=ctx.ex))
+                tl = evaluate.best_layer(evaluate.layer_sweep(lmm, zv, t.vector, bs, ex=ctx.ex, stems=stems))
                 r |= {"fv_tuned_source": acc(t.vector, t.layer), "fv_tuned_source_val": acc(t.vector, tl), "layer_tuned_val": tl}
         res["relations"][rel] = r
+        if stems is not None:
+            stems.clear()  # the next relation has other prompts
         ctx.ex.info("  %s: zero-shot %.3f  FV here %.3f  source FV %.3f (val layer %.3f)", rel, r["zero_shot"], r["fv_here"], r["fv_source"], r["fv_source_val"])
     res["mean"] = {k: H.mean([v.get(k) for v in res["relations"].values()]) for k in KEYS}
     out = {"model": lmm.model_id, "n_eval": c.n, **res}
