@@ -23,7 +23,35 @@ def _acc(rng: random.Random) -> float:
     return round(rng.uniform(0.05, 0.95), 4)
 
 
-def make_results(root: Path, stages=("data", "icl", "cma", "eval", "finetune", "compose"), model: str = "random-tiny") -> dict:
+EXTRA = ("retain", "novel", "baselines", "transfer", "rsa")  # the analyses after composition
+
+
+def extra_results(rng: random.Random) -> dict:
+    """Results of the analysis stages in their real schemas."""
+    from mmfv import retain, rsa
+    from mmfv.stages import retain as RS
+    from mmfv.stages import transfer as T
+
+    rows = [{"vector": v, "kind": "extracted", "layer": 1, "target": t, "prompts": p, "base": _acc(rng), "with": _acc(rng)}
+            for v in RELS for t in RELS for p in ("zero-shot", "icl") if t != v or p == "icl"]
+    rows = [{**r, "delta": round(r["with"] - r["base"], 4)} for r in rows]
+    ret = {"n_eval": 20, "shots": 4, "rows": rows, "summary": retain.summary(rows, 4), "means": RS._means(rows), "baseline": {}}
+    split = lambda: {"items": 50, "chance": 0.1, **{k: _acc(rng) for k in ("zero_shot", "fv", "fv_tuned", "icl")}}  # noqa: E731
+    nov = {"n_eval": 20, "shots": 4, "how": "held-out classes", "relations": {r: {"test": split(), "novel": split()} for r in RELS}}
+    nov["mean"] = {s: {k: round(sum(nov["relations"][r][s][k] for r in RELS) / 4, 4) for k in ("zero_shot", "fv", "fv_tuned", "icl")} for s in ("test", "novel")}
+    meth = {"LoRA r=1": {"kind": "lora", "size": 1, "params": 256, "lr": 0.01}, "prompt 4 tokens": {"kind": "prompt", "size": 4, "params": 128, "lr": 0.01}}
+    base = {"n_eval": 20, "epochs": 2, "sizes": [10, 20], "methods": meth, "params_fv": 32,
+            "relations": {r: {"fv": _acc(rng), "fv_tuned": {"10": _acc(rng), "20": _acc(rng)},
+                              **{m: {n: {"acc": _acc(rng), "best_epoch": 1, "val_acc": 0.5} for n in ("10", "20")} for m in meth}} for r in RELS}}
+    tr = {"n_eval": 20, "source": "runs/synthetic", "relations": {r: {**{k: _acc(rng) for k in T.KEYS}, "layer_source": 1, "layer_val": 2} for r in RELS}}
+    tr["mean"] = {k: round(sum(tr["relations"][r][k] for r in RELS) / 4, 4) for k in T.KEYS}
+    g = torch.Generator().manual_seed(0)
+    feats = [{r: torch.randn(8, generator=g) for r in RELS} for _ in range(2)]
+    rs = {"a": "this run", "b": "this run", "what": "means", "layer_a": 0, "layer_b": 1, **rsa.compare(*feats), "by_layer": [[1.0, 0.25], [0.25, 1.0]]}
+    return {"retain": ret, "novel": nov, "baselines": base, "transfer": tr, "rsa": rs}
+
+
+def make_results(root: Path, stages=("data", "icl", "cma", "eval", "finetune", "compose", *EXTRA), model: str = "random-tiny") -> dict:
     """A small results folder with results.json files in the real schemas (as written by
     runner/stages) and tiny PNGs drawn by the plots helpers; returns the JSON written, by stage."""
     rng = random.Random(0)
@@ -106,6 +134,10 @@ def make_results(root: Path, stages=("data", "icl", "cma", "eval", "finetune", "
         plots.bars({r: {"chance": co["relations"][r]["chance"], "composed": co["relations"][r]["composed"]} for r in R.NOVEL}, "acc", "composition",
                    root / "compose" / "composition.png")
         out["compose"] = co
+    for stage, j in extra_results(rng).items():
+        if stage in stages:
+            write_json(root / stage / "results.json", j)
+            out[stage] = j
     return out
 
 
@@ -152,6 +184,11 @@ def test_report_has_every_section_and_number(tmp_path):
     for fam, a in co["analogies"].items():
         assert f(a["mean_acc"]) in page and f(a["mean_chance"]) in page
         assert all(x["analogy"] in page and f(x["acc"]) in page for x in a["items"])
+    assert res["retain"]["summary"][0] in page.replace("&#x27;", "'")
+    assert all(f(v[s][k]) in page for v in res["novel"]["relations"].values() for s in ("test", "novel") for k in ("fv", "fv_tuned"))
+    assert all(f(m[k][n]["acc"]) in page for m in res["baselines"]["relations"].values() for k in res["baselines"]["methods"] for n in ("10", "20"))
+    assert all(f(v["fv_source_val"]) in page for v in res["transfer"]["relations"].values())
+    assert f"rho of the RDMs' upper triangles {res['rsa']['rho']:.3f}".replace("'", "&#x27;") in page
     # ICL shots in numeric order (JSON keeps them as sorted text: "16" before "2").
     row_ks = re.findall(r"<tr><td>clean</td><td>(\d+)</td>", page)
     assert row_ks == ["0", "1", "2", "4", "16"]

@@ -45,6 +45,9 @@ _LAZY = {
     "composed": ("mmfv.compose", "composed"),
     "analogy_vector": ("mmfv.compose", "analogy_vector"),
     "layer_sweep": ("mmfv.evaluate", "layer_sweep"),
+    "retain": ("mmfv.retain", None),
+    "rsa": ("mmfv.rsa", None),
+    "baselines": ("mmfv.baselines", None),
     # pipeline and results
     "Config": ("mmfv.config", "Config"),
     "load_config": ("mmfv.config", "load"),
@@ -56,7 +59,7 @@ _LAZY = {
 __all__ = ["__version__", "items", "build_prompts", "causal_mediation", "function_vector", "accuracy", "best_layer", "run", *_LAZY]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time these load on first use
-    from mmfv import plots, relations, stages  # noqa: F401
+    from mmfv import baselines, plots, relations, retain, rsa, stages  # noqa: F401
     from mmfv.cma import CMAResult
     from mmfv.compose import analogy_vector, composed  # noqa: F401
     from mmfv.config import Config, load as load_config  # noqa: F401

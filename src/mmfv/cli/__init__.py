@@ -208,6 +208,30 @@ def _config(a: argparse.Namespace) -> int:
     return 0
 
 
+def _rsa_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_a", type=Path, help="a results folder (with means/ or vectors/)")
+    p.add_argument("run_b", type=Path, help="another results folder, or the same one with other layers")
+    p.add_argument("--what", choices=("means", "vectors"), default="means", help="mean head activations per relation, or function vectors (default means)")
+    p.add_argument("--layer-a", type=int, default=-1, help="means: layer of RUN_A (default -1: all layers concatenated)")
+    p.add_argument("--layer-b", type=int, default=-1, help="means: layer of RUN_B (default -1: all layers concatenated)")
+    p.add_argument("--metric", choices=("pearson", "cosine"), default="pearson", help="RDM distance (default pearson: 1 - r)")
+    p.add_argument("--perms", type=_positive_int, default=1000, help="label permutations (default 1000; exact over all orders when fewer)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the permutations (default 0)")
+    p.add_argument("--json", type=Path, default=Path("rsa.json"), help="where to write the results (default ./rsa.json)")
+
+
+@verb("rsa", "representational similarity (RDMs, Spearman, permutation test) of two runs' means or vectors", _rsa_args)
+def _rsa(a: argparse.Namespace) -> int:
+    from mmfv.io import write_json
+    from mmfv.stages.rsa import compare_runs, format_table
+
+    res = compare_runs(a.run_a, a.run_b, a.what, a.layer_a, a.layer_b, a.metric, a.perms, a.seed)
+    write_json(a.json, res)
+    print(format_table(res))
+    print(f"written to {a.json}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="mmfv", description="Multimodal function vectors: find, build, steer and compose relation vectors in vision-language models.")
     ap.add_argument("--version", action="version", version=f"mmfv {__version__}")

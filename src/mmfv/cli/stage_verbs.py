@@ -52,6 +52,8 @@ def add_section_flags(p: argparse.ArgumentParser, section: str, cls: type[BaseMo
             g.add_argument(flag, choices=typing.get_args(tp), **kw)
         elif origin is list:
             inner = _base(typing.get_args(tp)[0])
+            if typing.get_origin(inner) is typing.Literal:  # a list of choices: read as text, the settings class checks them
+                inner = str
             g.add_argument(flag, type=_parse_list(inner), metavar="A,B,…", **kw)
         elif origin is dict:
             continue  # e.g. run.use: its own flag

@@ -185,6 +185,42 @@ class LMM(abc.ABC):
         attention; gated (Flamingo-style) cross-attention returns its gate, a scalar or (D,)."""
         return 1.0
 
+    def attention_projections(self, layer: int, head_set: str = "self") -> dict[str, nn.Linear]:
+        """Full module name -> Linear of ``layer``'s attention block: the Linear children of the
+        module that owns ``o_proj`` (query, key, value and output projections, fused or not).
+        What adapter baselines (LoRA) train."""
+        o = self.o_proj(layer, head_set)
+        for name, m in self.module.named_modules():
+            if any(c is o for c in m.children()):
+                return {f"{name}.{cn}" if name else cn: c for cn, c in m.named_children() if isinstance(c, nn.Linear)}
+        raise ValueError(f"{self.model_id}: the attention output projection of layer {layer} is not inside the model's modules")
+
+    def input_embeddings(self) -> nn.Module:
+        """The token embedding module; its output at :meth:`prepend`'s placeholders is what a soft prompt replaces."""
+        return self.module.get_input_embeddings()
+
+    def prepend(self, batch: Batch, n: int) -> Batch:
+        """``batch`` with ``n`` placeholder positions before every prompt: attended, numbered first (the
+        real tokens' positions move up by ``n``), holding a text token whose embedding a hook on
+        :meth:`input_embeddings` replaces (soft prompts, virtual tokens). This default extends
+        ``input_ids``, ``attention_mask``, precomputed ``position_ids`` (..., B, T) (the placeholders
+        take 0..n−1, the prompt's move up by n) and any other per-token (B, T, …) rows (token types:
+        the placeholders are text, like each row's last token); an adapter with other
+        position-indexed inputs overrides it."""
+        inp = dict(batch.inputs)
+        ids, mask = inp["input_ids"], inp["attention_mask"]
+        fill = ids[:, -1:].expand(-1, n)  # each row's last prompt token: a text token, never an image slot
+        inp["input_ids"] = torch.cat([fill, ids], 1)
+        inp["attention_mask"] = torch.cat([torch.ones_like(fill, dtype=mask.dtype), mask], 1)
+        for k, v in batch.inputs.items():
+            if k in ("input_ids", "attention_mask") or not isinstance(v, torch.Tensor):
+                continue
+            if k == "position_ids":
+                inp[k] = torch.cat([torch.arange(n, dtype=v.dtype, device=v.device).expand(*v.shape[:-1], n), v + n], -1)
+            elif v.dim() >= 2 and v.shape[:2] == ids.shape:  # (B, T, ...) per-token rows
+                inp[k] = torch.cat([v[:, -1:].expand(-1, n, *v.shape[2:]), v], 1)
+        return Batch(inp, batch.answer_ids, batch.prompts)
+
     # --- running ------------------------------------------------------------------------------
     @abc.abstractmethod
     def encode(self, prompts: Sequence[Prompt]) -> Batch:

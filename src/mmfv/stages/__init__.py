@@ -17,6 +17,11 @@ MODULES: tuple[str, ...] = (
     "evaluate",  # the eval stage
     "finetune",
     "compose",
+    "retain",
+    "novel",
+    "baselines",
+    "transfer",
+    "rsa",
     "report",
 )
 """The registry: the modules of this package that hold a stage (``STAGE``), in pipeline order."""

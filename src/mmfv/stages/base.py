@@ -50,6 +50,7 @@ class Stage:
     check: Callable[[Any, "LMM"], None] | None = None  # (config, loaded model) -> raise a one-line ValueError naming the key
     """What can only be checked once the model is loaded (layers, heads, top_k against its depth and
     heads); the runner calls it for every planned stage before any stage runs."""
+    folders: Callable[[Any], tuple[str, ...]] | None = None  # config -> other run folders it reads (their content enters its hash)
 
 
 class StageSkipped(Exception):
@@ -149,6 +150,8 @@ def stage_hashes(cfg: Any, stages: tuple[Stage, ...], model_fingerprint: str) ->
         for sec in (st.section, *st.reads):
             if sec:
                 parts[sec] = cfg.section_hash(sec)
+        for folder in (st.folders(cfg) if st.folders else ()):
+            parts[f"folder:{folder}"] = folder_digest(Path(folder))
         for need in st.needs:
             use = cfg.run.use.get(need)
             parts[f"needs:{need}"] = f"use:{folder_digest(Path(use))}" if use else out[need]
