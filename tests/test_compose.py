@@ -62,12 +62,12 @@ def test_compose_stage_chooses_on_val_and_reports_on_test(fvs, tmp_path, monkeyp
     calls = []  # (split, layer) of every accuracy evaluation with a vector
     real = evaluate.accuracy
 
-    def spy(lmm_, prompts, vector=None, layer=None, batch_size=64, ex=None):
+    def spy(lmm_, prompts, vector=None, layer=None, batch_size=64, ex=None, stems=None):
         splits = {i.split("-")[0] for p in prompts for i in p.image_ids}
         assert len(splits) == 1
         if vector is not None:
             calls.append((splits.pop(), layer))
-        return real(lmm_, prompts, vector, layer, batch_size, ex)
+        return real(lmm_, prompts, vector, layer, batch_size, ex, stems)
 
     for folder in ("vectors", "finetune/vectors"):
         for r, fv in fvs.items():
