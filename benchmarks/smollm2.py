@@ -37,7 +37,7 @@ def collisions(a: argparse.Namespace) -> dict:
         its = tasks.load_todd([f])
         rel = its[0].relation
         test = tasks.items("test", [rel], todd=[f])[rel]
-        out[rel] = {"all": lmm.first_token_collisions(it.answer for it in its), "test": lmm.first_token_collisions(it.answer for it in test)}
+        out[rel] = {"all": tasks.first_token_collisions(lmm, (it.answer for it in its)), "test": tasks.first_token_collisions(lmm, (it.answer for it in test))}
         c, t = out[rel]["all"], out[rel]["test"]
         print(f"{rel:16s} answers {c['n_answers']:5d}  first tokens {c['n_first_tokens']:5d}  collision rate {c['collision_rate']:.3f}"
               f"  (test split: {t['n_answers']} answers, rate {t['collision_rate']:.3f})  most shared: {c['top'][:3]}")

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from mmfv import prompts as P
+from mmfv.data import tasks
 from mmfv.models import load_model, specs
 from mmfv.models.hf import HFLMM
 from tests.models import cases
@@ -116,6 +117,6 @@ def test_first_token_collisions_count_answers_sharing_their_first_token():
     answers = ["red circle", "red square", "blue ring", "red circle", "green cross"]
     first = {a: lmm.answer_token_id(a) for a in answers}
     assert first["red circle"] == first["red square"] and len({first["blue ring"], first["green cross"], first["red circle"]}) == 3
-    got = lmm.first_token_collisions(answers)
+    got = tasks.first_token_collisions(lmm, answers)
     assert (got["n_answers"], got["n_first_tokens"], got["collision_rate"]) == (4, 3, 0.5)
     assert got["top"] == [[lmm.decode([first["red circle"]]), 2, ["red circle", "red square"]]]

@@ -26,7 +26,7 @@ import os
 from collections import defaultdict
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from mmfv import prompts as P
 from mmfv import relations as R
@@ -192,3 +192,17 @@ def items(
         report.update({f"items:{r}": len(built[r]) for r in wanted})
     return S.pick_split({r: built[r] for r in wanted}, split, seed, fr, "task",
                         "use more items or give this split a larger fraction", min_items)
+
+
+def first_token_collisions(lmm: Any, answers: Iterable[str], top: int = 5) -> dict[str, Any]:
+    """How often distinct answers share their first token under ``lmm``'s tokenizer (what first-token
+    accuracy scores, as in Todd et al.): ``n_answers`` distinct answers, ``n_first_tokens`` distinct
+    first tokens, ``collision_rate`` the share of answers whose first token starts another answer too,
+    and the ``top`` most shared tokens as ``[token text, answers, up to 3 examples]``."""
+    by: dict[int, list[str]] = {}
+    for a in dict.fromkeys(answers):
+        by.setdefault(lmm.answer_token_id(a), []).append(a)
+    n = sum(len(v) for v in by.values())
+    shared = sorted((v for v in by.values() if len(v) > 1), key=len, reverse=True)
+    return {"n_answers": n, "n_first_tokens": len(by), "collision_rate": round(sum(map(len, shared)) / n, 4) if n else 0.0,
+            "top": [[lmm.decode([lmm.answer_token_id(v[0])]), len(v), v[:3]] for v in shared[:top]]}

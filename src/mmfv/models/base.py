@@ -314,19 +314,6 @@ class LMM(abc.ABC):
     @abc.abstractmethod
     def decode(self, ids: list[int]) -> str: ...
 
-    def first_token_collisions(self, answers: Iterable[str], top: int = 5) -> dict[str, Any]:
-        """How often distinct answers share their first token (what first-token accuracy scores, as
-        in Todd et al.): ``n_answers`` distinct answers, ``n_first_tokens`` distinct first tokens,
-        ``collision_rate`` the share of answers whose first token starts another answer too, and the
-        ``top`` most shared tokens as ``[token text, answers, up to 3 examples]``."""
-        by: dict[int, list[str]] = {}
-        for a in dict.fromkeys(answers):
-            by.setdefault(self.answer_token_id(a), []).append(a)
-        n = sum(len(v) for v in by.values())
-        shared = sorted((v for v in by.values() if len(v) > 1), key=len, reverse=True)
-        return {"n_answers": n, "n_first_tokens": len(by), "collision_rate": round(sum(map(len, shared)) / n, 4) if n else 0.0,
-                "top": [[self.decode([self.answer_token_id(v[0])]), len(v), v[:3]] for v in shared[:top]]}
-
     protocols: tuple[str, ...] = ("mmfv",)
     """Prompt protocols whose reference text this adapter can write (see :meth:`use_protocol`)."""
 
