@@ -197,4 +197,13 @@ class Results:
             return missing(stage, "its folder has no results.json yet")
         return None
 
+    def why_not_shown(self, stage: str) -> str | None:
+        """None when the stage ran and has results to show; else the note to show instead (not run,
+        no results yet, or skipped with its reason)."""
+        if (why := self.why_missing(stage)) is not None:
+            return why
+        if (skip := self.skipped(stage)) is not None:
+            return missing(stage, f"skipped: {skip}")
+        return None
+
 

@@ -102,11 +102,9 @@ def _took(res: H.Results) -> str:
 
 
 def section(res: H.Results, out: Path) -> str:
-    if (why := res.why_missing("baselines")) is not None:
+    if (why := res.why_not_shown("baselines")) is not None:
         return why
     j = res.json("baselines")
-    if "skipped" in j:
-        return H.missing("baselines", f"skipped: {j['skipped']}")
     sizes = [str(s) for s in j["sizes"]]
     d = j.get("params_fv")
     rows = [["extracted FV", d, *[_mean(j, "fv", n) for n in sizes]], ["fine-tuned FV", d, *[_mean(j, "fv_tuned", n) for n in sizes]]]

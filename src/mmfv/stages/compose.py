@@ -125,11 +125,9 @@ def _analogies(ctx: Context, fvs: dict, val: dict, test: dict, ops: Sequence[str
 
 
 def section(res: H.Results, out: Path) -> str:
-    if (why := res.why_missing("compose")) is not None:
+    if (why := res.why_not_shown("compose")) is not None:
         return why
     co, d = res.json("compose"), res.dir("compose")
-    if "skipped" in co:
-        return H.missing("compose", f"skipped: {co['skipped']}")
     rels = co["relations"]
     tuned = any("composed_tuned" in v for v in rels.values())
     shots = H.by_k(next(iter(rels.values())).get("icl_by_shots", {})) if rels else []

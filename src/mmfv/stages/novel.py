@@ -67,11 +67,9 @@ def run(ctx: Context) -> dict:
 
 
 def section(res: H.Results, out: Path) -> str:
-    if (why := res.why_missing("novel")) is not None:
+    if (why := res.why_not_shown("novel")) is not None:
         return why
     j = res.json("novel")
-    if "skipped" in j:
-        return H.missing("novel", f"skipped: {j['skipped']}")
     n, k = j.get("n_eval"), j.get("shots", "?")
     names = {"zero_shot": "zero-shot", "fv": "FV", "fv_tuned": "fine-tuned FV", "icl": f"ICL {k}-shot"}
     rows = []

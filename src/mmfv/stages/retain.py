@@ -95,11 +95,9 @@ def _means(rows: list[dict]) -> dict:
 
 
 def section(res: H.Results, out: Path) -> str:
-    if (why := res.why_missing("retain")) is not None:
+    if (why := res.why_not_shown("retain")) is not None:
         return why
     j = res.json("retain")
-    if "skipped" in j:
-        return H.missing("retain", f"skipped: {j['skipped']}")
     k = j.get("shots", "?")
     cell = lambda g: H.Raw(f"{g['base']:.3f} → <b>{g['with']:.3f}</b> <small>({g['with'] - g['base']:+.3f})</small>") if g else None  # noqa: E731
     rows = [[m["vector"], m["kind"], m["layer"], cell(m.get("other_zero_shot")), cell(m.get("other_icl")), cell(m.get("own_icl"))]

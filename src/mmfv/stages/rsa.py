@@ -119,11 +119,9 @@ def format_table(res: dict) -> str:
 
 
 def section(res: H.Results, out: Path) -> str:
-    if (why := res.why_missing("rsa")) is not None:
+    if (why := res.why_not_shown("rsa")) is not None:
         return why
     j = res.json("rsa")
-    if "skipped" in j:
-        return H.missing("rsa", f"skipped: {j['skipped']}")
     kind = (f"exact over all {j['n_perm']} label orders, so p ≥ 1/{j['n_perm']}" if j["exact"] else f"{j['n_perm']} label permutations")
     html = H.note(f"{j['what']}: {j['a']} (layer {j['layer_a']}) vs {j['b']} (layer {j['layer_b']}); layer −1 = all layers concatenated. "
                   f"Spearman rho of the RDMs' upper triangles {j['rho']:.3f}, p = {j['p']:.4f} ({kind}); {j['metric']} distances.")

@@ -76,11 +76,9 @@ def run(ctx: Context) -> dict:
 
 
 def section(res: H.Results, out: Path) -> str:
-    if (why := res.why_missing("transfer")) is not None:
+    if (why := res.why_not_shown("transfer")) is not None:
         return why
     j = res.json("transfer")
-    if "skipped" in j:
-        return H.missing("transfer", f"skipped: {j['skipped']}")
     n = j.get("n_eval")
     names = ["zero-shot", "FV built here", "source FV (source's layer)", "source FV (layer chosen on val here)",
              "source tuned FV (its layer)", "source tuned FV (val layer here)"]
