@@ -73,12 +73,14 @@ def test_compose_stage_chooses_on_val_and_reports_on_test(fvs, tmp_path, monkeyp
         for r, fv in fvs.items():
             fv.save(tmp_path / folder / f"{r}.safetensors")
     monkeypatch.setattr(evaluate, "accuracy", spy)
-    cfg = C.from_dict({"data": {"val_scenes": 60, "test_scenes": 60}, "compose": {"grid": [1.0, 2.0], "shots": [1], "n": 6}})
+    cfg = C.from_dict({"data": {"val_scenes": 60, "test_scenes": 60}, "compose": {"grid": [1.0, 2.0], "shots": [1], "n": 6, "direct": False}})
     res = compose.run(Context(cfg, tmp_path, _lmm=lmm))
     chosen = {v["layer"] for v in res["relations"].values()} | {v["layer_tuned"] for v in res["relations"].values()}
     chosen |= {a["layer"] for a in res["analogies"].values()}
     assert {s for s, _ in calls} == {"val", "test"}
     assert {l for s, l in calls if s == "test"} <= chosen
+    for v in res["relations"].values():  # the one-shot source example is a val item
+        assert v["source_example"]["image"].startswith("val") and tuple(v["source_choice"]) in {(a, b) for a in (1.0, 2.0) for b in (1.0, 2.0)}
     for a in res["analogies"].values():
         assert a["layer"] == max(range(lmm.n_layers), key=lambda l: (a["val_by_layer"][l], -l))
 
@@ -100,3 +102,28 @@ def test_answer_kinds_sort_predictions_by_what_they_name():
                    "query itself": round(1 / 6, 4), "other neighbour": round(1 / 6, 4), "elsewhere": round(1 / 6, 4)}
     with pytest.raises(ValueError):
         C.answer_kinds("above", prompts, [1] * 6, nb, tok)
+
+
+def test_source_weights_cached_and_reference_agree_and_pick_the_most_probable_pair(fvs):
+    """The one-shot source weights: the grid pair under which the source example's answer is most
+    probable; cached injection and the hooked full forward give the same probabilities."""
+    from mmfv import evaluate
+    from mmfv import prompts as P
+    from mmfv.data import scenes as S
+    from mmfv.injection import Stems
+
+    lmm = random_tiny(seed=5)
+    scenes = S.generate({"val": 30}, seed=0, config=lmm.scene_config())["val"]
+    val = {r: P.items_from_scenes(scenes, r) for r in R.SPATIAL}
+    source = P.build("clean", val["above_left"], val, 1, 1, 1)[0]
+    grid = [0.5, 1.0, 4.0]
+    ref_pair, ref = C.source_weights(lmm, source, fvs, "above_left", 1, grid)
+    got_pair, got = C.source_weights(lmm, source, fvs, "above_left", 1, grid, Stems(lmm))
+    assert got_pair == ref_pair and set(got) == {f"{a:g},{b:g}" for a in grid for b in grid}
+    assert max(abs(got[k] - ref[k]) for k in ref) <= 1e-5
+    assert got[f"{got_pair[0]:g},{got_pair[1]:g}"] == max(got.values())
+    # the recorded probability is the answer's under that pair's vector
+    batch = lmm.encode([source])
+    with torch.no_grad(), evaluate.with_vector(lmm, C.composed(fvs, "above_left", 4.0, 0.5).vector, 1)(1):
+        p = float(lmm.last_logits(batch).softmax(-1)[0, batch.answer_ids[0]])
+    assert abs(ref["4,0.5"] - round(p, 5)) <= 1e-5

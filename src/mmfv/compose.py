@@ -10,10 +10,17 @@ of relation D. Vectors of diagonal relations used inside an analogy are themselv
 from __future__ import annotations
 
 import itertools
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
+
+import torch
 
 from mmfv import relations as R
 from mmfv.vectors import FunctionVector
+
+if TYPE_CHECKING:
+    from mmfv.injection import Stems
+    from mmfv.models.base import LMM
+    from mmfv.prompts import Prompt
 
 
 def composed(fvs: Mapping[str, FunctionVector], relation: str, a: float = 1.0, b: float = 1.0) -> FunctionVector:
@@ -23,6 +30,37 @@ def composed(fvs: Mapping[str, FunctionVector], relation: str, a: float = 1.0, b
     if missing:
         raise ValueError(f"composing {relation} needs vectors for {v} and {h}; missing {', '.join(missing)}")
     return a * fvs[v] + b * fvs[h]
+
+
+@torch.no_grad()
+def source_weights(lmm: "LMM", source: "Prompt", fvs: Mapping[str, FunctionVector], relation: str, layer: int, grid: Sequence[float],
+                   stems: "Stems | None" = None) -> tuple[tuple[float, float], dict[str, float]]:
+    """Composition weights from the model's own probabilities on ONE source example of the composite
+    ``relation`` (a one-shot prompt: one demonstration of the relation, then a query; never a test item).
+
+    For every (a, b) of ``grid`` x ``grid`` the model reads ``source`` with a·FV_v + b·FV_h added at
+    ``layer``, last position; the weights are the pair under which it gives the source's answer the
+    highest probability (ties: the pair nearest to (1, 1)). Returns ((a, b), {"a,b": probability}).
+    One example instead of the val grid's hundreds: what a user with one labelled example can do.
+    ``stems``: cached injection; None: the reference path (a hooked full forward per pair)."""
+    from mmfv import evaluate
+
+    if stems is not None:  # cached injection: the source's prefix and residuals computed once
+        stem = stems.get([source])
+        answer = int(stem.batch.answer_ids[0])
+        logits_of = lambda vec: stem.logits(lmm, layer, vec)  # noqa: E731 - (1, V)
+    else:  # the reference path: a full forward with the vector hooked in
+        batch = lmm.encode([source])
+        answer = int(batch.answer_ids[0])
+
+        def logits_of(vec):
+            with evaluate.with_vector(lmm, vec, layer)(1):
+                return lmm.last_logits(batch)  # (1, V)
+    probs = {}
+    for a, b in itertools.product(grid, grid):
+        probs[(a, b)] = float(logits_of(composed(fvs, relation, a, b).vector).float().softmax(-1)[0, answer])
+    best = max(probs, key=lambda ab: (probs[ab], -abs(ab[0] - 1) - abs(ab[1] - 1)))
+    return best, {f"{a:g},{b:g}": round(p, 5) for (a, b), p in probs.items()}
 
 
 def vector_for(fvs: Mapping[str, FunctionVector], relation: str) -> FunctionVector:

@@ -20,6 +20,8 @@ class ComposeSettings(Section):
     grid: list[Rate] = Field(default_factory=lambda: [0.5, 1.0, 1.5, 2.0], min_length=1, description="weights a, b tried on val for a·FV_v + b·FV_h")
     shots: list[Demos] = Field(default_factory=lambda: [1, 2, 4, 8], min_length=1, description="ICL baselines on the diagonal relations")
     n: Count = Field(200, description="val / test prompts per relation")
+    direct: bool = Field(True, description="also a reference vector extracted directly from diagonal ICL prompts (val; the top-k heads "
+                                           "of the cardinal CMA averaged): what composition would have to match, never a composition input")
     cached: bool = Field(True, description="layer and weight choices by cached injection: each prompt batch's prefix and last-token residuals "
                                            "computed once, only the layers after the injection layer run per accuracy (false: a full forward each time)")
 
@@ -43,6 +45,7 @@ def run(ctx: Context) -> dict:
     fvs = VS.load(ctx.input("vectors"), ctx.relations, lmm)
     tuned = VS.load(ctx.input("finetune") / "vectors", ctx.relations, lmm)
     val, test = ctx.items("val", R.SPATIAL), ctx.items("test", R.SPATIAL)
+    direct = _direct_vectors(ctx, val) if c.direct else {}
     res: dict = {"relations": {}, "grid": list(c.grid)}
 
     def zs(split, rel):
@@ -69,6 +72,9 @@ def run(ctx: Context) -> dict:
             val_grid = {(a, b): acc(zv, C.composed(fvs, rel, a, b).vector, layer) for a in c.grid for b in c.grid}
             a_best, b_best = max(val_grid, key=lambda ab: (val_grid[ab], -abs(ab[0] - 1) - abs(ab[1] - 1)))
             singles = {v: acc(zt, fvs[v].vector, layer), h: acc(zt, fvs[h].vector, layer)}
+            # one source example of the composite relation (a one-shot val prompt) sets the weights
+            source = P.build("clean", val[rel], val, 1, 1, seed + 1, ctx.protocol)[0]
+            (a_src, b_src), src_probs = C.source_weights(lmm, source, fvs, rel, layer, c.grid, stems)
             predicted = evaluate.predictions(lmm, zt, bs, evaluate.with_vector(lmm, base.vector, layer), ctx.ex)[0].tolist()
             r = {
                 "layer": layer, "chance": chance(test[rel][:c.n]),
@@ -77,6 +83,8 @@ def run(ctx: Context) -> dict:
                 "composed": acc(zt, base.vector, layer),
                 "composed_answers": C.answer_kinds(rel, zt, predicted, neighbours, lmm.answer_token_id),
                 "composed_grid": acc(zt, C.composed(fvs, rel, a_best, b_best).vector, layer), "grid_choice": [a_best, b_best],
+                "composed_source": acc(zt, C.composed(fvs, rel, a_src, b_src).vector, layer), "source_choice": [a_src, b_src],
+                "source_example": {"image": source.items[-1].image_id, "query": source.items[-1].query, "probs": src_probs},
                 "icl_by_shots": {str(k): evaluate.accuracy(lmm, P.build("clean", test[rel], test, k, c.n, seed, ctx.protocol), batch_size=bs, ex=ctx.ex)["acc"]
                                  for k in c.shots},
             }
@@ -84,23 +92,50 @@ def run(ctx: Context) -> dict:
             tv = C.composed(tuned, rel).vector
             r["layer_tuned"] = evaluate.best_layer(sweep(zv, tv))
             r["composed_tuned"] = acc(zt, tv, r["layer_tuned"])
+            if rel in direct:  # reference, not a composition: built from diagonal prompts themselves
+                r["layer_direct"] = evaluate.best_layer(sweep(zv, direct[rel].vector))
+                r["direct"] = acc(zt, direct[rel].vector, r["layer_direct"])
         res["relations"][rel] = r
         res[rel] = {k: r[k] for k in ("chance", "single_best", "composed")}
         ctx.ex.info("  %s: chance %.3f  single_best %.3f  composed %.3f (grid %.3f) @ layer %d", rel, r["chance"], r["single_best"], r["composed"],
                     r["composed_grid"], layer)
-    keys = ["chance", "single_best", "composed", "composed_grid", "zero_shot", "composed_tuned"]
-    res["mean"] = {k: round(sum(res["relations"][r][k] for r in R.NOVEL) / len(R.NOVEL), 4) for k in keys}
+    keys = ["chance", "single_best", "composed", "composed_grid", "composed_source", "zero_shot", "composed_tuned", "direct"]
+    res["mean"] = {k: round(sum(res["relations"][r][k] for r in R.NOVEL) / len(R.NOVEL), 4) for k in keys if all(k in res["relations"][r] for r in R.NOVEL)}
+    res["mean"]["icl_by_shots"] = {str(k): round(sum(res["relations"][r]["icl_by_shots"][str(k)] for r in R.NOVEL) / len(R.NOVEL), 4) for k in c.shots}
     res["analogies"] = {fam: _analogies(ctx, fvs, val, test, ops, answers, stems) for fam, (ops, answers) in
                         {"cardinal": (R.CARDINAL, R.CARDINAL), "diagonal": (R.SPATIAL, R.NOVEL)}.items()}
+    k_icl = 4 if 4 in c.shots else max(c.shots)  # the paper compares composition with 4-shot ICL
     plots.bars({r: {"single best": res["relations"][r]["single_best"], "composed a=b=1": res["relations"][r]["composed"],
-                    "composed (val grid)": res["relations"][r]["composed_grid"],
-                    f"ICL {max(c.shots)}-shot": res["relations"][r]["icl_by_shots"][str(max(c.shots))]} for r in R.NOVEL},
+                    "composed (val grid)": res["relations"][r]["composed_grid"], "composed (source weights)": res["relations"][r]["composed_source"],
+                    f"ICL {k_icl}-shot": res["relations"][r]["icl_by_shots"][str(k_icl)]} for r in R.NOVEL},
                "zero-shot accuracy (test)", f"Composition of relation vectors ({lmm.model_id})", out / "composition.png",
                hlines={"chance (mean)": res["mean"]["chance"]}, formats=H.FORMATS)
     ctx.ex.info("composition (test): %s", res["mean"])
     out_json = {"model": lmm.model_id, "n_eval": c.n, **res}
     ctx.write("compose", out_json)
     return out_json
+
+
+def _direct_vectors(ctx: Context, val: dict) -> dict:
+    """relation -> a function vector of each diagonal relation extracted from its own clean ICL prompts
+    on val ([cma] shots and n_mean, every prompt counted: the model is weak on them), with the top-k
+    heads of the mean AIE over the cardinal relations. A reference for composition, never its input."""
+    from mmfv import cma
+    from mmfv import vectors as V
+    from mmfv.stages import cma as CMA
+
+    c, lmm = ctx.cfg.cma, ctx.lmm
+    res = [CMA.load(ctx.input("cma"), r, lmm) for r in ctx.relations]
+    aie = sum(x.aie for x in res) / len(res)  # (L, H)
+    H = aie.shape[1]
+    heads = [(int(i) // H, int(i) % H) for i in aie.flatten().argsort(descending=True, stable=True)[: c.top_k]]
+    out = {}
+    for rel in R.NOVEL:
+        clean = P.build("clean", val[rel], val, c.shots, c.n_mean, ctx.seed, ctx.protocol)
+        with ctx.ex.scope(f"{rel} direct"):
+            m, _ = cma.mean_activations(lmm, clean, 32, False, head_set=c.head_set, ex=ctx.ex)
+        out[rel] = V.build(lmm, m, heads, rel, head_set=c.head_set, extra={"direct": True})
+    return out
 
 
 def _analogies(ctx: Context, fvs: dict, val: dict, test: dict, ops: Sequence[str], answers: Sequence[str], stems=None) -> dict:
@@ -130,23 +165,32 @@ def section(res: H.Results, out: Path) -> str:
     co, d = res.json("compose"), res.dir("compose")
     rels = co["relations"]
     tuned = any("composed_tuned" in v for v in rels.values())
+    src = any("composed_source" in v for v in rels.values())
+    direct = any("direct" in v for v in rels.values())
     shots = H.by_k(next(iter(rels.values())).get("icl_by_shots", {})) if rels else []
     hdr = ["relation", "layer", "chance", "zero-shot", "single (each)", "single best", "composed a=b=1", "composed (val grid)", "grid (a, b)",
-           *(["composed, tuned FVs"] if tuned else []), *[f"ICL k={k}" for k in shots]]
+           *(["composed (one-shot source weights)", "source (a, b)"] if src else []), *(["composed, tuned FVs"] if tuned else []),
+           *[f"ICL k={k}" for k in shots], *(["reference: FV from diagonal prompts"] if direct else [])]
     rows = []
     n = co.get("n_eval")
     ac = lambda x, k=n: H.acc(x, k)  # noqa: E731 - accuracy with its 95% interval
+    pair = lambda p: f"({p[0]:g}, {p[1]:g})" if p else None  # noqa: E731
     for r, v in rels.items():
         single = H.Raw("<br>".join(f"{H.esc(name)} {x:.3f}" for name, x in v.get("single", {}).items()))
-        gc = v.get("grid_choice")
         rows.append([r, v.get("layer"), v["chance"], ac(v.get("zero_shot")), single, ac(v["single_best"]), ac(v["composed"]), ac(v.get("composed_grid")),
-                     f"({gc[0]:g}, {gc[1]:g})" if gc else None, *([ac(v.get("composed_tuned"))] if tuned else []),
-                     *[ac(v.get("icl_by_shots", {}).get(k)) for k in shots]])
+                     pair(v.get("grid_choice")), *([ac(v.get("composed_source")), pair(v.get("source_choice"))] if src else []),
+                     *([ac(v.get("composed_tuned"))] if tuned else []), *[ac(v.get("icl_by_shots", {}).get(k)) for k in shots],
+                     *([ac(v.get("direct"))] if direct else [])])
     m, nm = co.get("mean", {}), (n or 0) * len(rels)
+    micl = m.get("icl_by_shots", {})
     mean = ["mean", "", m.get("chance"), ac(m.get("zero_shot"), nm), "", ac(m.get("single_best"), nm), ac(m.get("composed"), nm), ac(m.get("composed_grid"), nm), "",
-            *([ac(m.get("composed_tuned"), nm)] if tuned else []), *[""] * len(shots)]
-    html = H.table(hdr, rows, mean, caption=f"Zero-shot test accuracy on the diagonal relations, {H.esc(co.get('n_eval', '?'))} prompts each; "
-                 "composed = FV(vertical) + FV(horizontal), scaled by the (a, b) grid point best on val; layers chosen on val.")
+            *([ac(m.get("composed_source"), nm), ""] if src else []), *([ac(m.get("composed_tuned"), nm)] if tuned else []),
+            *[ac(micl.get(k), nm) if micl.get(k) is not None else "" for k in shots], *([ac(m.get("direct"), nm)] if direct else [])]
+    html = H.table(hdr, rows, mean, caption=f"Zero-shot test accuracy on the diagonal relations, {H.esc(co.get('n_eval', '?'))} prompts each, with 95% "
+                 "intervals; composed = a·FV(vertical) + b·FV(horizontal) with a = b = 1, with the (a, b) grid point best on val, and with the "
+                 "grid point that gives ONE one-shot val example of the relation its highest answer probability (source weights); layers "
+                 "chosen on val. ICL k = clean k-shot prompts of the diagonal relation itself. The last column is a reference, not a "
+                 "composition: a vector extracted from the diagonal relation's own ICL prompts (top-k heads of the cardinal CMA).")
     kinds = {r: v["composed_answers"] for r, v in rels.items() if v.get("composed_answers")}
     if kinds:
         from mmfv.compose import ANSWER_KINDS
@@ -182,7 +226,8 @@ def table(res: dict) -> list[dict]:
     """One row per diagonal relation (every accuracy), then one per analogy."""
     if "skipped" in res:
         return []
-    keys = ("layer", "chance", "zero_shot", "single_best", "composed", "composed_grid", "composed_tuned", "layer_tuned")
+    keys = ("layer", "chance", "zero_shot", "single_best", "composed", "composed_grid", "composed_source", "composed_tuned", "layer_tuned", "direct",
+            "layer_direct")
     rows = [{"kind": "composition", "item": r, **{k: v.get(k) for k in keys}} for r, v in res["relations"].items()]
     for fam, a in res.get("analogies", {}).items():
         rows += [{"kind": f"analogy ({fam})", "item": x["analogy"], "layer": a["layer"], "chance": x["chance"], "composed": x["acc"]} for x in a["items"]]

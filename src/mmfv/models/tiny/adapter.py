@@ -13,7 +13,7 @@ from mmfv.io import read_json
 from mmfv.models.base import LMM, Batch, FeatureCache, LastSteps, Prefix
 from mmfv.models.tiny.modeling import MmfvTinyConfig, MmfvTinyForCausalLM, image_groups_of
 from mmfv.models.tiny.tokenizer import BOS, PAD, TinyTokenizer
-from mmfv.models.tiny.train import pixels_of
+from mmfv.models.tiny.batches import pixels_of
 from mmfv.prompts import FLAMINGO, Prompt
 
 REQUIRED_FILES = ("config.json", "model.safetensors", "vocab.json")

@@ -17,7 +17,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -26,7 +25,8 @@ from mmfv.data import scenes as S
 from mmfv.execution import Checkpoint
 from mmfv.io import write_json
 from mmfv.models.tiny.modeling import MmfvTinyConfig, MmfvTinyForCausalLM
-from mmfv.models.tiny.tokenizer import A, BOS, DOT, EOC, IMG, PAD, Q, TinyTokenizer
+from mmfv.models.tiny.batches import OFFSETS, SceneBank, build_bank, make_batch, make_parts_batch, pixels_of  # noqa: F401 - pixels_of re-exported
+from mmfv.models.tiny.tokenizer import IMG, TinyTokenizer
 
 
 @dataclass
@@ -60,12 +60,26 @@ class TrainConfig:
     heads: int = 8
     intermediate_size: int = 512
     image_attention: str = "causal"  # "local": patches attend only within their own image
+    explicit_form: str = "word"  # explicit items: "word" (Q: cat left . A:, the batch's cardinal relation) or
+    # "parts" (any of the 8 spatial relations, drawn per item, named by its parts: Q: cat above left . A:)
+    icl_relations: str = "cardinal"  # in-context sequences: of the 4 "cardinal" relations, or of all 8 "spatial" ones
+    offset_weight: float = 0.0  # auxiliary loss: a linear probe reads the answer's grid offset (drow, dcol) ...
+    offset_layer: int = 3  # ... from the residual after this decoder layer (MSE; weight 0 = off) ...
+    offset_at: str = "query"  # ... at every "A:" token ("query") or at every answer token ("answer", where the item shows its relation)
 
     def __post_init__(self) -> None:
         for k in ("steps", "batch", "n_items", "bank", "eval_every", "eval_sequences", "hidden_size", "layers", "heads", "intermediate_size"):
             if getattr(self, k) <= 0:
                 raise ValueError(f"training setting {k} must be positive, got {getattr(self, k)}")
-        for k in ("lr", "min_lr_ratio", "weight_decay", "aux_weight", "patch_label_weight", "warmup"):
+        if self.icl_relations not in ("cardinal", "spatial"):
+            raise ValueError(f"training setting icl_relations must be 'cardinal' or 'spatial', got {self.icl_relations!r}")
+        if self.offset_at not in ("query", "answer"):
+            raise ValueError(f"training setting offset_at must be 'query' or 'answer', got {self.offset_at!r}")
+        if self.explicit_form not in ("word", "parts"):
+            raise ValueError(f"training setting explicit_form must be 'word' or 'parts', got {self.explicit_form!r}")
+        if self.offset_weight and not 0 <= self.offset_layer < self.layers:
+            raise ValueError(f"training setting offset_layer must be a decoder layer 0..{self.layers - 1}, got {self.offset_layer}")
+        for k in ("lr", "min_lr_ratio", "weight_decay", "aux_weight", "patch_label_weight", "warmup", "offset_weight"):
             if not math.isfinite(getattr(self, k)) or getattr(self, k) < 0:
                 raise ValueError(f"training setting {k} must be a finite number >= 0, got {getattr(self, k)}")
         if self.lr == 0:
@@ -76,95 +90,6 @@ class TrainConfig:
 
 
 QUICK = dict(steps=120, batch=16, bank=1500, eval_every=40, eval_sequences=64, warmup=20, layers=2, hidden_size=64, heads=4, intermediate_size=128)
-
-
-class SceneBank:
-    """Rendered training scenes as tensors: pixels, query token, neighbour tokens per relation."""
-
-    def __init__(self, scenes: list[S.Scene], tok: TinyTokenizer) -> None:
-        self.pixels = torch.from_numpy(np.stack([np.asarray(s.image) for s in scenes]))  # (N, H, W, 3) uint8
-        self.query = torch.tensor([tok.token_id(s.query.name) for s in scenes])  # (N,)
-        self.neigh = torch.tensor(
-            [[tok.token_id(s.neighbours[r].name) if s.neighbours[r] else -1 for r in R.CARDINAL] for s in scenes]
-        )  # (N, 4)
-        cells = torch.full((len(scenes), scenes[0].config.grid ** 2), PAD)
-        for i, s in enumerate(scenes):
-            for o in s.objects:
-                cells[i, o.row * s.config.grid + o.col] = tok.token_id(o.name)
-        self.cells = cells  # (N, grid²) object token per cell, PAD where empty
-        self.grid, self.cell_px = scenes[0].config.grid, scenes[0].config.cell_px
-        self.query_cell = torch.tensor([s.query.row * self.grid + s.query.col for s in scenes])  # (N,)
-        self.background = (torch.tensor(S.BACKGROUND, dtype=torch.float32) / 255.0).view(1, 3, 1, 1)
-        self.by_rel = [torch.nonzero(self.neigh[:, j] >= 0).flatten() for j in range(len(R.CARDINAL))]
-
-    def images(self, idx: torch.Tensor) -> torch.Tensor:
-        """(n,) scene indices -> (n, 3, H, W) float pixels in [0, 1]."""
-        return self.pixels[idx].permute(0, 3, 1, 2).float() / 255.0
-
-
-def pixels_of(images) -> torch.Tensor:
-    """PIL images -> (N, 3, H, W) float tensor in [0, 1]."""
-    return torch.from_numpy(np.stack([np.asarray(im.convert("RGB")) for im in images])).permute(0, 3, 1, 2).float() / 255.0
-
-
-def build_bank(cfg: TrainConfig, tok: TinyTokenizer, n: int, stream: str) -> SceneBank:
-    """Fresh scenes from their own seeded stream, excluding every scene of the default splits."""
-    scfg = cfg.scene_config()
-    held = {s.signature() for split in S.generate(S.PAPER_SIZES, seed=0, config=scfg).values() for s in split}
-    rng = random.Random(f"mmfv-tiny:{cfg.seed}:{stream}")
-    scenes, seen = [], set()
-    while len(scenes) < n:
-        s = S._make_scene(rng, "pretrain", len(scenes), scfg)
-        sig = s.signature()
-        if sig in held or sig in seen:
-            continue
-        seen.add(sig)
-        scenes.append(s)
-    return SceneBank(scenes, tok)
-
-
-def make_batch(bank: SceneBank, B: int, n_items: int, explicit: bool, gen: torch.Generator, tok: TinyTokenizer, P: int, easy: float = 0.0):
-    """B sequences of n_items items of one cardinal relation each.
-
-    Returns ids (B, T), pixels (B*n_items, 3, H, W), answer positions (n_items,), answers (B, n_items),
-    relation index (B,).
-    """
-    rel = torch.randint(0, len(R.CARDINAL), (B,), generator=gen)
-    idx = torch.empty(B, n_items, dtype=torch.long)
-    for j, pool in enumerate(bank.by_rel):
-        rows = (rel == j).nonzero().flatten()
-        if len(rows):
-            idx[rows] = pool[torch.randint(0, len(pool), (len(rows), n_items), generator=gen)]
-    q = bank.query[idx]  # (B, n)
-    a = bank.neigh[idx, rel[:, None].expand(-1, n_items)]  # (B, n)
-    rel_tok = torch.tensor([tok.token_id(r) for r in R.CARDINAL])[rel]  # (B,)
-    text = [torch.full((B, n_items), Q), q]
-    if explicit:
-        text.append(rel_tok[:, None].expand(-1, n_items))
-    text += [torch.full((B, n_items), DOT), torch.full((B, n_items), A), a, torch.full((B, n_items), DOT), torch.full((B, n_items), EOC)]
-    text_t = torch.stack(text, dim=-1)  # (B, n, L_text)
-    item = torch.cat([torch.full((B, n_items, P), IMG), text_t], dim=-1)  # (B, n, P + L_text)
-    L_item = item.shape[-1]
-    ids = torch.cat([torch.full((B, 1), BOS), item.reshape(B, -1)], dim=1)
-    a_off = P + (4 if explicit else 3)  # index of "A:" inside an item
-    ans_pos = 1 + torch.arange(n_items) * L_item + a_off  # (n,) positions whose next token is the answer
-    px, cells = bank.images(idx.flatten()), bank.cells[idx]
-    is_easy = torch.zeros(B, n_items, dtype=torch.bool)
-    if easy > 0:
-        # "Easy" items: every cell but the query's and the answer's is blanked (image and labels).
-        is_easy = torch.rand(B, n_items, generator=gen) < easy  # (B, n)
-        g = bank.grid
-        qcell = bank.query_cell[idx]  # (B, n)
-        acell = qcell + torch.tensor([g * dr + dc for dr, dc in (R.offset(r) for r in R.CARDINAL)])[rel][:, None]
-        keep = torch.zeros(B, n_items, g * g, dtype=torch.bool)
-        keep.scatter_(2, qcell[..., None], True)
-        keep.scatter_(2, acell[..., None], True)
-        keep |= ~is_easy[..., None]
-        cells = torch.where(keep, cells, torch.full_like(cells, PAD))
-        c = bank.cell_px
-        m = keep.view(B * n_items, 1, g, 1, g, 1).expand(-1, 3, g, c, g, c).reshape(px.shape)
-        px = torch.where(m, px, bank.background)
-    return ids, px, ans_pos, a, rel, cells, is_easy
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -187,9 +112,21 @@ def easy_share(step: int, cfg: TrainConfig) -> float:
     return _fade(step, cfg, cfg.easy_start, cfg.easy_end, cfg.easy_until)
 
 
-def step_loss(model, ids, px, ans_pos, a, rel, cells, aux_weight: float, patch_weight: float = 0.0, answer_mask=None):
-    feats = model.encode_images(px)
-    out = model(input_ids=ids, image_features=feats, return_hidden=True)
+def step_loss(model, ids, px, ans_pos, a, rel, cells, aux_weight: float, patch_weight: float = 0.0, answer_mask=None, offset=None):
+    """Loss of one batch: answers (masked by ``answer_mask`` (B, n)), image-patch labels, the relation
+    head at demo answer tokens (``rel`` (B,) index into R.SPATIAL; rows it cannot name and aux_weight 0
+    skip it) and, with ``offset`` = (probe, layer, weight, targets (B, n, 2), mask (B, n), at_answer), the
+    offset probe's MSE on the residual after ``layer`` at each "A:" token (or each answer token). Returns (loss, lm, acc (B, n), aux_acc, offset_mse)."""
+    captured = {}
+    hook = None
+    if offset is not None:
+        hook = model.model.layers[offset[1]].register_forward_hook(lambda m, i, o: captured.__setitem__("h", o[0]))
+    try:
+        feats = model.encode_images(px)
+        out = model(input_ids=ids, image_features=feats, return_hidden=True)
+    finally:
+        if hook is not None:
+            hook.remove()
     logits = out["logits"][:, ans_pos]  # (B, n, V)
     if answer_mask is None:
         lm = F.cross_entropy(logits.flatten(0, 1), a.flatten())
@@ -204,28 +141,47 @@ def step_loss(model, ids, px, ans_pos, a, rel, cells, aux_weight: float, patch_w
     acc = (logits.argmax(-1) == a).float()  # (B, n)
     aux = torch.zeros(())
     aux_acc = torch.zeros(())
-    if aux_weight and model.relation_head is not None:
-        h = out["hidden"][:, ans_pos + 1]  # hidden state at each demo's answer token (B, n, D)
-        rl = model.relation_head(h)  # (B, n, 4)
-        target = rel[:, None].expand(-1, h.shape[1])
+    # the relation head names cardinal relations: rows of other relations (icl_relations "spatial") skip it
+    named = rel < model.relation_head.out_features if aux_weight and model.relation_head is not None else None  # (B,)
+    if named is not None and named.any():
+        h = out["hidden"][named][:, ans_pos + 1]  # hidden state at each demo's answer token (B', n, D)
+        rl = model.relation_head(h)  # (B', n, 4)
+        target = rel[named][:, None].expand(-1, h.shape[1])
         aux = F.cross_entropy(rl.flatten(0, 1), target.flatten())
         aux_acc = (rl.argmax(-1) == target).float().mean()
-    return lm + aux_weight * aux, lm, acc, aux_acc
+    loss = lm + aux_weight * aux
+    mse = torch.zeros(())
+    if offset is not None:
+        probe, _, weight, target, mask, at_answer = offset
+        pred = probe(captured["h"][:, ans_pos + int(at_answer)])  # (B, n, 2)
+        se = ((pred - target) ** 2).sum(-1)  # (B, n)
+        mse = (se * mask).sum() / mask.sum().clamp(min=1)
+        loss = loss + weight * mse
+    return loss, lm, acc, aux_acc, mse
 
 
 @torch.no_grad()
 def evaluate_positions(model, bank, cfg, tok, P, explicit=False) -> dict:
-    """Accuracy at each item position (= number of demonstrations before it) on held-out scenes."""
+    """Accuracy at each item position (= number of demonstrations before it) on held-out scenes;
+    with explicit_form "parts" also the explicit-item accuracy on cardinal and on diagonal relations."""
     model.eval()
     gen = torch.Generator().manual_seed(12345)
-    accs = []
+    accs, parts = [], {"cardinal": [], "diagonal": []}
     for start in range(0, cfg.eval_sequences, 64):
         B = min(64, cfg.eval_sequences - start)
         ids, px, ans_pos, a, rel, cells, _ = make_batch(bank, B, cfg.n_items, explicit, gen, tok, P)
-        _, _, acc, _ = step_loss(model, ids, px, ans_pos, a, rel, cells, 0.0)
-        accs.append(acc)
+        accs.append(step_loss(model, ids, px, ans_pos, a, rel, cells, 0.0)[2])
+        if cfg.explicit_form == "parts":
+            ids, px, ans_pos, a, rel, cells = make_parts_batch(bank, B, cfg.n_items, gen, tok, P)
+            acc = step_loss(model, ids, px, ans_pos, a, rel, cells, 0.0)[2]
+            diag = rel >= len(R.CARDINAL)
+            parts["cardinal"].append(acc[~diag])
+            parts["diagonal"].append(acc[diag])
     model.train()
-    return {"by_k": [round(float(x), 4) for x in torch.cat(accs).mean(0)]}
+    out = {"by_k": [round(float(x), 4) for x in torch.cat(accs).mean(0)]}
+    if cfg.explicit_form == "parts":
+        out["parts"] = {k: round(float(torch.cat(v).mean()), 4) for k, v in parts.items()}
+    return out
 
 
 def save(model: MmfvTinyForCausalLM, tok: TinyTokenizer, out: Path) -> None:
@@ -263,15 +219,20 @@ def train(cfg: TrainConfig, out: str | Path, minutes: float | None = None, log=p
         grid=scfg.grid, cell_px=scfg.cell_px, image_token_id=IMG,
         num_aux_relations=len(R.CARDINAL) if cfg.aux_weight else 0, image_attention=cfg.image_attention,
     )
+    prev = MmfvTinyForCausalLM.from_pretrained(cfg.init_from) if cfg.init_from else None
+    if prev is not None:  # a further stage keeps the checkpoint's relation head, used or not (aux_weight 0)
+        mcfg.num_aux_relations = prev.config.num_aux_relations
     model = MmfvTinyForCausalLM(mcfg)
-    if cfg.init_from:
-        prev = MmfvTinyForCausalLM.from_pretrained(cfg.init_from)
+    if prev is not None:
         arch = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "grid", "cell_px", "vocab_size")
         if any(getattr(prev.config, k) != getattr(mcfg, k) for k in arch):
             raise ValueError(f"--set init_from={cfg.init_from}: that checkpoint's architecture differs from this training config")
         model.load_state_dict(prev.state_dict())
         log(f"initialised from {cfg.init_from}")
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    # the offset probe is a training aid only: it lives in the training state, never in the shipped weights
+    probe = torch.nn.Linear(cfg.hidden_size, 2) if cfg.offset_weight else None
+    params = list(model.parameters()) + (list(probe.parameters()) if probe is not None else [])
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     gen = torch.Generator().manual_seed(cfg.seed)
     step, history, done_minutes = 0, [], 0.0
     if (out / "state.pt").exists():  # an older release's pickle: never unpickled
@@ -280,6 +241,8 @@ def train(cfg: TrainConfig, out: str | Path, minutes: float | None = None, log=p
     st = ck.load()  # before the scene banks: a damaged checkpoint fails at once
     if st is not None:
         model.load_state_dict(st["model"])
+        if probe is not None:
+            probe.load_state_dict(st["probe"])
         opt.load_state_dict(st["opt"])
         gen.set_state(st["gen"])
         step, history = st["step"], st["history"]
@@ -293,8 +256,9 @@ def train(cfg: TrainConfig, out: str | Path, minutes: float | None = None, log=p
     erng = random.Random(f"explicit:{cfg.seed}")
     for _ in range(step):
         erng.random()
+    n_icl = len(R.CARDINAL if cfg.icl_relations == "cardinal" else R.SPATIAL)
     t_start = time.time()
-    run = {"loss": 0.0, "acc": torch.zeros(cfg.n_items), "aux": 0.0, "n": 0}
+    run = {"loss": 0.0, "acc": torch.zeros(cfg.n_items), "aux": 0.0, "n": 0, "mse": 0.0}
     while step < cfg.steps:
         if minutes is not None and time.time() - t_start > minutes * 60:
             log(f"time budget of {minutes} min reached at step {step}")
@@ -302,15 +266,25 @@ def train(cfg: TrainConfig, out: str | Path, minutes: float | None = None, log=p
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
         explicit = erng.random() < explicit_share(step, cfg)
-        ids, px, ans_pos, a, rel, cells, is_easy = make_batch(bank, cfg.batch, cfg.n_items, explicit, gen, tok, P, easy_share(step, cfg))
-        mask = ~is_easy if cfg.easy_no_answer_loss else None
-        loss, lm, acc, aux_acc = step_loss(model, ids, px, ans_pos, a, rel, cells, cfg.aux_weight, cfg.patch_label_weight, mask)
+        if explicit and cfg.explicit_form == "parts":
+            ids, px, ans_pos, a, rel, cells = make_parts_batch(bank, cfg.batch, cfg.n_items, gen, tok, P)
+            mask, aux_w, target, off_mask = None, 0.0, OFFSETS[rel], torch.ones(rel.shape)  # (B, n, 2), (B, n)
+        else:
+            ids, px, ans_pos, a, rel, cells, is_easy = make_batch(bank, cfg.batch, cfg.n_items, explicit, gen, tok, P, easy_share(step, cfg), n_icl)
+            mask, aux_w = (~is_easy if cfg.easy_no_answer_loss else None), cfg.aux_weight
+            target = OFFSETS[rel][:, None].expand(-1, cfg.n_items, -1)  # (B, n, 2)
+            # the relation is knowable from the question (explicit), from >= 1 demonstration, or at the answer from the item itself
+            knowable = explicit or cfg.offset_at == "answer"
+            off_mask = (~is_easy).float() * (torch.ones(cfg.n_items) if knowable else (torch.arange(cfg.n_items) >= 1).float())
+        offset = (probe, cfg.offset_layer, cfg.offset_weight, target, off_mask, cfg.offset_at == "answer") if probe is not None else None
+        loss, lm, acc, aux_acc, mse = step_loss(model, ids, px, ans_pos, a, rel, cells, aux_w, cfg.patch_label_weight, mask, offset)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step += 1
         run["loss"] += float(lm.detach()); run["acc"] += acc.detach().mean(0); run["aux"] += float(aux_acc.detach()); run["n"] += 1
+        run["mse"] += float(mse.detach())
         if step % cfg.eval_every == 0 or step == cfg.steps:
             ev = evaluate_positions(model, ev_bank, cfg, tok, P)
             rec = {
@@ -319,11 +293,15 @@ def train(cfg: TrainConfig, out: str | Path, minutes: float | None = None, log=p
                 "train_acc_by_k": [round(float(x), 3) for x in run["acc"] / run["n"]],
                 "explicit_share": round(explicit_share(step, cfg), 3), "easy_share": round(easy_share(step, cfg), 3), "eval_acc_by_k": ev["by_k"],
             }
+            if probe is not None:
+                rec["train_offset_mse"] = round(run["mse"] / run["n"], 4)
+            if "parts" in ev:
+                rec["eval_parts_acc"] = ev["parts"]
             history.append(rec)
             log(json.dumps(rec))
-            run = {"loss": 0.0, "acc": torch.zeros(cfg.n_items), "aux": 0.0, "n": 0}
+            run = {"loss": 0.0, "acc": torch.zeros(cfg.n_items), "aux": 0.0, "n": 0, "mse": 0.0}
             ck.save({"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(), "step": step, "history": history,
-                     "minutes": done_minutes + (time.time() - t_start) / 60})
+                     "minutes": done_minutes + (time.time() - t_start) / 60, **({"probe": probe.state_dict()} if probe is not None else {})})
             save(model, tok, out)
     save(model, tok, out)
     card = {
