@@ -66,3 +66,20 @@ def test_bad_offset_layer_is_refused():
         T.TrainConfig(**{**T.QUICK, "offset_layer": 5, "offset_weight": 1.0})
     with pytest.raises(ValueError, match="explicit_form"):
         T.TrainConfig(explicit_form="both")
+
+
+def test_icl_batch_over_all_spatial_relations_keeps_one_relation_per_sequence():
+    bank, tok, P = _bank()
+    gen = torch.Generator().manual_seed(1)
+    ids, px, ans_pos, a, rel, cells, _ = B.make_batch(bank, 32, 4, False, gen, tok, P, relations=len(R.SPATIAL))
+    assert rel.shape == (32,) and int(rel.max()) >= len(R.CARDINAL)  # diagonal sequences drawn
+    g = bank.grid
+    for b in range(32):
+        dr, dc = R.offset(R.SPATIAL[int(rel[b])])
+        for i in range(4):  # every item of a sequence answers with the object at its relation's offset
+            q_cell = int((cells[b, i] == ids[b, ans_pos[i] - 2]).nonzero())
+            assert int(a[b, i]) == int(cells[b, i, (q_cell // g + dr) * g + q_cell % g + dc])
+    import pytest
+
+    with pytest.raises(ValueError, match="parts form"):
+        B.make_batch(bank, 4, 2, True, gen, tok, P, relations=len(R.SPATIAL))

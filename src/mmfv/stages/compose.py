@@ -1,6 +1,8 @@
 """Stage ``compose``: vectors of the four cardinal relations combined into the four diagonal ones,
-never used to build a vector (a·FV_vertical + b·FV_horizontal), and analogies A : B :: C : D.
-Layers and weights are chosen on ``val``; every reported number is on ``test``."""
+never used to build a vector (a·FV_vertical + b·FV_horizontal, with a = b = 1, the val grid's best
+pair, and the pair one one-shot val example of the relation prefers), and analogies A : B :: C : D;
+beside them ICL on the diagonal relations and, as a reference, a vector extracted from their own
+prompts. Layers and weights are chosen on ``val``; every reported number is on ``test``."""
 
 from __future__ import annotations
 

@@ -67,16 +67,21 @@ def build_bank(cfg, tok: TinyTokenizer, n: int, stream: str) -> SceneBank:
 
 
 def make_batch(bank: SceneBank, B: int, n_items: int, explicit: bool, gen: torch.Generator, tok: TinyTokenizer, P: int, easy: float = 0.0,
-               relations: int = len(R.CARDINAL)):
+               relations: int = len(R.CARDINAL), diagonal_share: float = 0.5):
     """B sequences of n_items items of one relation each, drawn from the first ``relations`` of R.SPATIAL
-    (4: the cardinal ones).
+    (4: the cardinal ones). With all 8, ``diagonal_share`` of the sequences are diagonal (0.5: one
+    uniform draw among the 8).
 
     Returns ids (B, T), pixels (B*n_items, 3, H, W), answer positions (n_items,), answers (B, n_items),
     relation index into R.SPATIAL (B,).
     """
     if explicit and relations > len(R.CARDINAL):
         raise ValueError("the one-word explicit form names cardinal relations only: use the parts form for diagonal ones")
-    rel = torch.randint(0, relations, (B,), generator=gen)
+    if relations > len(R.CARDINAL) and diagonal_share != 0.5:
+        diag = torch.rand(B, generator=gen) < diagonal_share  # (B,)
+        rel = torch.randint(0, len(R.CARDINAL), (B,), generator=gen) + diag.long() * len(R.CARDINAL)
+    else:
+        rel = torch.randint(0, relations, (B,), generator=gen)
     idx = torch.empty(B, n_items, dtype=torch.long)
     for j, pool in enumerate(bank.by_rel[:relations]):
         rows = (rel == j).nonzero().flatten()

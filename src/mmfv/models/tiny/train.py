@@ -62,7 +62,8 @@ class TrainConfig:
     image_attention: str = "causal"  # "local": patches attend only within their own image
     explicit_form: str = "word"  # explicit items: "word" (Q: cat left . A:, the batch's cardinal relation) or
     # "parts" (any of the 8 spatial relations, drawn per item, named by its parts: Q: cat above left . A:)
-    icl_relations: str = "cardinal"  # in-context sequences: of the 4 "cardinal" relations, or of all 8 "spatial" ones
+    icl_relations: str = "cardinal"  # in-context sequences: of the 4 "cardinal" relations, or of all 8 "spatial" ones ...
+    icl_diagonal_share: float = 0.5  # ... of which this share is diagonal (0.5: uniform over the 8)
     offset_weight: float = 0.0  # auxiliary loss: a linear probe reads the answer's grid offset (drow, dcol) ...
     offset_layer: int = 3  # ... from the residual after this decoder layer (MSE; weight 0 = off) ...
     offset_at: str = "query"  # ... at every "A:" token ("query") or at every answer token ("answer", where the item shows its relation)
@@ -79,6 +80,8 @@ class TrainConfig:
             raise ValueError(f"training setting explicit_form must be 'word' or 'parts', got {self.explicit_form!r}")
         if self.offset_weight and not 0 <= self.offset_layer < self.layers:
             raise ValueError(f"training setting offset_layer must be a decoder layer 0..{self.layers - 1}, got {self.offset_layer}")
+        if not 0 <= self.icl_diagonal_share <= 1:
+            raise ValueError(f"training setting icl_diagonal_share must be in [0, 1], got {self.icl_diagonal_share}")
         for k in ("lr", "min_lr_ratio", "weight_decay", "aux_weight", "patch_label_weight", "warmup", "offset_weight"):
             if not math.isfinite(getattr(self, k)) or getattr(self, k) < 0:
                 raise ValueError(f"training setting {k} must be a finite number >= 0, got {getattr(self, k)}")
@@ -270,7 +273,8 @@ def train(cfg: TrainConfig, out: str | Path, minutes: float | None = None, log=p
             ids, px, ans_pos, a, rel, cells = make_parts_batch(bank, cfg.batch, cfg.n_items, gen, tok, P)
             mask, aux_w, target, off_mask = None, 0.0, OFFSETS[rel], torch.ones(rel.shape)  # (B, n, 2), (B, n)
         else:
-            ids, px, ans_pos, a, rel, cells, is_easy = make_batch(bank, cfg.batch, cfg.n_items, explicit, gen, tok, P, easy_share(step, cfg), n_icl)
+            ids, px, ans_pos, a, rel, cells, is_easy = make_batch(bank, cfg.batch, cfg.n_items, explicit, gen, tok, P, easy_share(step, cfg), n_icl,
+                                                                  cfg.icl_diagonal_share)
             mask, aux_w = (~is_easy if cfg.easy_no_answer_loss else None), cfg.aux_weight
             target = OFFSETS[rel][:, None].expand(-1, cfg.n_items, -1)  # (B, n, 2)
             # the relation is knowable from the question (explicit), from >= 1 demonstration, or at the answer from the item itself
