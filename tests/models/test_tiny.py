@@ -69,3 +69,24 @@ def test_shipped_mmfv_tiny_loads_and_learns_in_context():
     data = synthetic.items("test", 300, RELS, seed=0, config=lmm.scene_config())
     res = icl(lmm, data, data, [0, 8], 50, kinds=("clean",))
     assert res["clean"]["8"]["mean"]["acc"] > res["clean"]["0"]["mean"]["acc"] + 0.3
+
+
+def test_shipped_card_records_how_to_reproduce_every_stage():
+    """card.json: every training stage with its command, seed, config and history; the whole training
+    within the 90-minute budget; stage 4 trains in context on all 8 relations; weights under 20 MB."""
+    from pathlib import Path
+
+    import mmfv.models.tiny as tiny_pkg
+    from mmfv.models.tiny.train import TrainConfig
+
+    lmm = load_model("tiny")
+    card = lmm.card
+    assert card["version"] == 4 and [s["name"] for s in card["stages"]] == ["stage1", "stage2", "stage3", "stage4"]
+    for s in card["stages"]:
+        assert s["reproduce"].split()[-1] != "" and "mmfv train-tiny" in s["reproduce"] and f"--seed {s['train_config']['seed']}" in s["reproduce"]
+        assert s["steps_done"] == s["train_config"]["steps"] and s["history"][-1]["step"] == s["steps_done"]
+        TrainConfig(**{**s["train_config"], "init_from": ""})  # a valid config of this release
+    assert card["stages"][-1]["train_config"]["icl_relations"] == "spatial"
+    assert sum(s["train_minutes"] for s in card["stages"]) <= 90
+    assert (Path(tiny_pkg.__file__).parent / "weights" / "model.safetensors").stat().st_size < 20e6
+    assert set(card["icl_test"]["diagonal"]["relations"]) == {"above_left", "above_right", "below_left", "below_right"}
