@@ -242,6 +242,9 @@ def run(cfg: Any, out: str | Path | None = None, only: str | None = None, start:
     hashes = stage_hashes(cfg, S.STAGES, weights)
     t_start = time.perf_counter()
     with lock(out):
+        # Under torchrun every process reads the folder only after rank 0 holds the lock (its lock files
+        # are written) and before rank 0 writes anything else: all ranks see the same folder.
+        dist.barrier()
         known = earlier_timings(out, todo, hashes, cfg.hash(), weights)  # before the folder changes
         _claim(cfg, out, force, weights, hashes)
         prog = Progress(todo, known, done=[n for n in todo if not start and _marker(out, n) == hashes[n]])
@@ -249,6 +252,7 @@ def run(cfg: Any, out: str | Path | None = None, only: str | None = None, start:
             missing = [n for n in S.get(name).needs if n not in cfg.run.use and n not in todo[:i] and _marker(out, n) != hashes[n]]
             if missing:
                 raise RunError(f"stage {name} needs {', '.join(missing)} first: run without --only, or with --from {missing[0]}")
+        dist.barrier()  # every rank has checked the folder before rank 0 marks it running
         _start(cfg, out, weights)
         _setup_logging(out, quiet)
         ctx = Context(cfg, out, Execution(not quiet, log))
