@@ -7,16 +7,12 @@ import torch
 
 from mmfv import compose as C
 from mmfv import relations as R
-from mmfv import vectors as V
-from mmfv.testing import random_tiny
+from mmfv.testing import random_tiny, random_vectors
 
 
 @pytest.fixture(scope="module")
 def fvs():
-    lmm = random_tiny(seed=5)
-    torch.manual_seed(0)
-    means = torch.randn(lmm.n_layers, lmm.n_heads, lmm.head_dim)
-    return {r: V.build(lmm, means, [(i % lmm.n_layers, i)], r) for i, r in enumerate(R.CARDINAL)}
+    return random_vectors(random_tiny(seed=5), R.CARDINAL)
 
 
 def test_composed_is_weighted_sum_with_provenance(fvs):

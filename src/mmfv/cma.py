@@ -226,6 +226,15 @@ def prompts_fingerprint(prompts: Sequence[Prompt]) -> str:
     return h.hexdigest()[:16]
 
 
+def top_heads(aie: torch.Tensor, k: int) -> list[tuple[int, int]]:
+    """The k (layer, head) pairs of ``aie`` (L, H) with the largest values, best first (ties: lower index)."""
+    L, H = aie.shape
+    if not 1 <= k <= L * H:
+        raise ValueError(f"k={k} is out of range: the model has {L * H} heads ({L} layers x {H})")
+    idx = aie.flatten().argsort(descending=True, stable=True)[:k]
+    return [(int(i) // H, int(i) % H) for i in idx]
+
+
 @dataclass
 class CMAResult:
     """Per-relation CMA output: means (L, H, d), per-prompt IEs (N, L, H) and AIE (L, H)."""
@@ -243,11 +252,7 @@ class CMAResult:
 
     def top_heads(self, k: int) -> list[tuple[int, int]]:
         """The k (layer, head) pairs with the largest AIE, best first."""
-        L, H = self.aie.shape
-        if not 1 <= k <= L * H:
-            raise ValueError(f"k={k} is out of range: the model has {L * H} heads ({L} layers x {H})")
-        idx = self.aie.flatten().argsort(descending=True, stable=True)[:k]
-        return [(int(i) // H, int(i) % H) for i in idx]
+        return top_heads(self.aie, k)
 
     def top_share(self, k: int) -> float:
         """Share of the total positive AIE carried by the top-k heads."""

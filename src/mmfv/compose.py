@@ -32,6 +32,11 @@ def composed(fvs: Mapping[str, FunctionVector], relation: str, a: float = 1.0, b
     return a * fvs[v] + b * fvs[h]
 
 
+def best_pair(scores: Mapping[tuple[float, float], float]) -> tuple[float, float]:
+    """The (a, b) with the highest score; ties go to the pair nearest to (1, 1) (the plain sum)."""
+    return max(scores, key=lambda ab: (scores[ab], -abs(ab[0] - 1) - abs(ab[1] - 1)))
+
+
 @torch.no_grad()
 def source_weights(lmm: "LMM", source: "Prompt", fvs: Mapping[str, FunctionVector], relation: str, layer: int, grid: Sequence[float],
                    stems: "Stems | None" = None) -> tuple[tuple[float, float], dict[str, float]]:
@@ -59,8 +64,7 @@ def source_weights(lmm: "LMM", source: "Prompt", fvs: Mapping[str, FunctionVecto
     probs = {}
     for a, b in itertools.product(grid, grid):
         probs[(a, b)] = float(logits_of(composed(fvs, relation, a, b).vector).float().softmax(-1)[0, answer])
-    best = max(probs, key=lambda ab: (probs[ab], -abs(ab[0] - 1) - abs(ab[1] - 1)))
-    return best, {f"{a:g},{b:g}": round(p, 5) for (a, b), p in probs.items()}
+    return best_pair(probs), {f"{a:g},{b:g}": round(p, 5) for (a, b), p in probs.items()}
 
 
 def vector_for(fvs: Mapping[str, FunctionVector], relation: str) -> FunctionVector:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from mmfv import config as C
 from mmfv import evaluate
@@ -15,17 +14,14 @@ from mmfv import vectors as V
 from mmfv.report import html as H
 from mmfv.stages import novel
 from mmfv.stages.base import Context, StageSkipped
-from mmfv.testing import random_tiny
+from mmfv.testing import random_tiny, random_vectors
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     lmm = random_tiny(seed=5)
     out = tmp_path_factory.mktemp("novel")
-    torch.manual_seed(0)
-    means = torch.randn(lmm.n_layers, lmm.n_heads, lmm.head_dim)
-    for i, r in enumerate(("above", "left")):
-        fv = V.build(lmm, means, [(i % lmm.n_layers, i)], r)
+    for r, fv in random_vectors(lmm, ("above", "left")).items():
         fv.at(1).save(out / "eval" / "vectors" / f"{r}.safetensors")
         (fv * 3.0).at(0).save(out / "finetune" / "vectors" / f"{r}.safetensors")
     for s in ("eval", "finetune"):

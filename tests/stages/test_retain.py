@@ -6,15 +6,13 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from mmfv import config as C
 from mmfv import relations as R
-from mmfv import vectors as V
 from mmfv.report import html as H
 from mmfv.stages import retain
 from mmfv.stages.base import Context, StageSkipped
-from mmfv.testing import random_tiny
+from mmfv.testing import random_tiny, random_vectors
 
 
 def _write(folder, results: dict) -> None:
@@ -27,10 +25,7 @@ def run_dir(tmp_path_factory):
     """A run folder with vectors, eval, finetune and compose outputs of a random tiny model."""
     lmm = random_tiny(seed=5)
     out = tmp_path_factory.mktemp("retain")
-    torch.manual_seed(0)
-    means = torch.randn(lmm.n_layers, lmm.n_heads, lmm.head_dim)
-    for i, r in enumerate(R.CARDINAL):
-        fv = V.build(lmm, means, [(i % lmm.n_layers, i)], r)
+    for r, fv in random_vectors(lmm, R.CARDINAL).items():
         fv.save(out / "vectors" / f"{r}.safetensors")
         fv.at(1).save(out / "eval" / "vectors" / f"{r}.safetensors")
         (fv * 2.0).at(0).save(out / "finetune" / "vectors" / f"{r}.safetensors")

@@ -72,7 +72,7 @@ def run(ctx: Context) -> dict:
         with ctx.ex.scope(rel):
             layer = evaluate.best_layer(sweep(zv, base.vector))
             val_grid = {(a, b): acc(zv, C.composed(fvs, rel, a, b).vector, layer) for a in c.grid for b in c.grid}
-            a_best, b_best = max(val_grid, key=lambda ab: (val_grid[ab], -abs(ab[0] - 1) - abs(ab[1] - 1)))
+            a_best, b_best = C.best_pair(val_grid)
             singles = {v: acc(zt, fvs[v].vector, layer), h: acc(zt, fvs[h].vector, layer)}
             # one source example of the composite relation (a one-shot val prompt) sets the weights
             source = P.build("clean", val[rel], val, 1, 1, seed + 1, ctx.protocol)[0]
@@ -125,17 +125,16 @@ def _direct_vectors(ctx: Context, val: dict) -> dict:
     from mmfv import cma
     from mmfv import vectors as V
     from mmfv.stages import cma as CMA
+    from mmfv.stages import means as M
 
     c, lmm = ctx.cfg.cma, ctx.lmm
     res = [CMA.load(ctx.input("cma"), r, lmm) for r in ctx.relations]
-    aie = sum(x.aie for x in res) / len(res)  # (L, H)
-    H = aie.shape[1]
-    heads = [(int(i) // H, int(i) % H) for i in aie.flatten().argsort(descending=True, stable=True)[: c.top_k]]
+    heads = cma.top_heads(sum(x.aie for x in res) / len(res), c.top_k)  # of the mean AIE (L, H)
     out = {}
     for rel in R.NOVEL:
         clean = P.build("clean", val[rel], val, c.shots, c.n_mean, ctx.seed, ctx.protocol)
         with ctx.ex.scope(f"{rel} direct"):
-            m, _ = cma.mean_activations(lmm, clean, 32, False, head_set=c.head_set, ex=ctx.ex)
+            m, _ = cma.mean_activations(lmm, clean, M.BATCH, False, head_set=c.head_set, ex=ctx.ex)
         out[rel] = V.build(lmm, m, heads, rel, head_set=c.head_set, extra={"direct": True})
     return out
 

@@ -8,6 +8,7 @@ processors are built from their classes, weights are random (seeded).
   ``load_model("openflamingo:tiny-random")`` returns.
 - :func:`hf_tiny` (:mod:`.hf`): a small random model of any HF family, from its spec's ``tiny`` data;
   :func:`smolvlm_256m_random`: SmolVLM-256M's dimensions with random weights (benchmarks).
+- :func:`random_vectors` (:mod:`.vectors`): random one-head function vectors of a model.
 """
 
 from __future__ import annotations
@@ -16,5 +17,6 @@ from mmfv.testing.hf import build as hf_tiny
 from mmfv.testing.hf import smolvlm_256m_random
 from mmfv.testing.openflamingo import tiny_random as openflamingo_tiny_random
 from mmfv.testing.tiny import random_tiny
+from mmfv.testing.vectors import random_vectors
 
-__all__ = ["hf_tiny", "openflamingo_tiny_random", "random_tiny", "smolvlm_256m_random"]
+__all__ = ["hf_tiny", "openflamingo_tiny_random", "random_tiny", "random_vectors", "smolvlm_256m_random"]

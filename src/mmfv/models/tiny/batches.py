@@ -66,6 +66,15 @@ def build_bank(cfg, tok: TinyTokenizer, n: int, stream: str) -> SceneBank:
     return SceneBank(scenes, tok)
 
 
+def _sequences(text: torch.Tensor, P: int, a_off: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Items' text (B, n, L_text) -> ids (B, 1 + n*(P + L_text)): BOS, then per item P image slots and
+    its text; and the positions (n,) of each item's "A:" token, at ``a_off`` inside an item."""
+    B, n, _ = text.shape
+    item = torch.cat([torch.full((B, n, P), IMG), text], dim=-1)  # (B, n, P + L_text)
+    ids = torch.cat([torch.full((B, 1), BOS), item.reshape(B, -1)], dim=1)
+    return ids, 1 + torch.arange(n) * item.shape[-1] + a_off
+
+
 def make_batch(bank: SceneBank, B: int, n_items: int, explicit: bool, gen: torch.Generator, tok: TinyTokenizer, P: int, easy: float = 0.0,
                relations: int = len(R.CARDINAL), diagonal_share: float = 0.5):
     """B sequences of n_items items of one relation each, drawn from the first ``relations`` of R.SPATIAL
@@ -94,12 +103,7 @@ def make_batch(bank: SceneBank, B: int, n_items: int, explicit: bool, gen: torch
     if explicit:
         text.append(rel_tok[:, None].expand(-1, n_items))
     text += [torch.full((B, n_items), DOT), torch.full((B, n_items), A), a, torch.full((B, n_items), DOT), torch.full((B, n_items), EOC)]
-    text_t = torch.stack(text, dim=-1)  # (B, n, L_text)
-    item = torch.cat([torch.full((B, n_items, P), IMG), text_t], dim=-1)  # (B, n, P + L_text)
-    L_item = item.shape[-1]
-    ids = torch.cat([torch.full((B, 1), BOS), item.reshape(B, -1)], dim=1)
-    a_off = P + (4 if explicit else 3)  # index of "A:" inside an item
-    ans_pos = 1 + torch.arange(n_items) * L_item + a_off  # (n,) positions whose next token is the answer
+    ids, ans_pos = _sequences(torch.stack(text, dim=-1), P, P + (4 if explicit else 3))  # ans_pos: the "A:" tokens, next is the answer
     px, cells = bank.images(idx.flatten()), bank.cells[idx]
     is_easy = torch.zeros(B, n_items, dtype=torch.bool)
     if easy > 0:
@@ -141,9 +145,5 @@ def make_parts_batch(bank: SceneBank, B: int, n_items: int, gen: torch.Generator
         horiz.append(tok.token_id(h) if h else DOT)
     V, H = torch.tensor(vert)[rel], torch.tensor(horiz)[rel]  # (B, n)
     full = lambda t: torch.full((B, n_items), t)  # noqa: E731
-    text_t = torch.stack([full(Q), q, V, H, full(DOT), full(A), a, full(DOT), full(EOC)], dim=-1)  # (B, n, 9)
-    item = torch.cat([torch.full((B, n_items, P), IMG), text_t], dim=-1)  # (B, n, P + 9)
-    L_item = item.shape[-1]
-    ids = torch.cat([torch.full((B, 1), BOS), item.reshape(B, -1)], dim=1)
-    ans_pos = 1 + torch.arange(n_items) * L_item + P + 5  # (n,) the "A:" tokens
+    ids, ans_pos = _sequences(torch.stack([full(Q), q, V, H, full(DOT), full(A), a, full(DOT), full(EOC)], dim=-1), P, P + 5)
     return ids, bank.images(idx.flatten()), ans_pos, a, rel, bank.cells[idx]

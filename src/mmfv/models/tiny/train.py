@@ -261,7 +261,8 @@ def train(cfg: TrainConfig, out: str | Path, minutes: float | None = None, log=p
         erng.random()
     n_icl = len(R.CARDINAL if cfg.icl_relations == "cardinal" else R.SPATIAL)
     t_start = time.time()
-    run = {"loss": 0.0, "acc": torch.zeros(cfg.n_items), "aux": 0.0, "n": 0, "mse": 0.0}
+    fresh = lambda: {"loss": 0.0, "acc": torch.zeros(cfg.n_items), "aux": 0.0, "n": 0, "mse": 0.0}  # noqa: E731 - running sums between evaluations
+    run = fresh()
     while step < cfg.steps:
         if minutes is not None and time.time() - t_start > minutes * 60:
             log(f"time budget of {minutes} min reached at step {step}")
@@ -303,7 +304,7 @@ def train(cfg: TrainConfig, out: str | Path, minutes: float | None = None, log=p
                 rec["eval_parts_acc"] = ev["parts"]
             history.append(rec)
             log(json.dumps(rec))
-            run = {"loss": 0.0, "acc": torch.zeros(cfg.n_items), "aux": 0.0, "n": 0, "mse": 0.0}
+            run = fresh()
             ck.save({"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(), "step": step, "history": history,
                      "minutes": done_minutes + (time.time() - t_start) / 60, **({"probe": probe.state_dict()} if probe is not None else {})})
             save(model, tok, out)
