@@ -99,13 +99,19 @@ def icl(
     Zero shots is the zero-shot prompt for every kind. ``queries``/``pools`` map relation -> items.
     """
     out: dict = {}
+    zero: dict[str, dict] = {}  # zero-shot cells: the same prompts for every kind, scored once
     for kind in kinds:
         out[kind] = {}
         for k in shots:
             row = {}
             for rel, qs in queries.items():
+                if k == 0 and rel in zero:
+                    row[rel] = dict(zero[rel])
+                    continue
                 prompts = P.build(kind if k > 0 else "zero-shot", qs, pools, k, n, seed, protocol)
                 row[rel] = summarize(correct(lmm, prompts, batch_size, ex=ex))
+                if k == 0:
+                    zero[rel] = row[rel]
             accs = [row[r]["acc"] for r in queries]
             total_n = sum(row[r]["n"] for r in queries)
             mean = sum(accs) / len(accs)

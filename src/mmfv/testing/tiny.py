@@ -12,13 +12,14 @@ from mmfv.models.tiny.tokenizer import IMG, TinyTokenizer
 SCENE = SceneConfig(grid=4, cell_px=8)  # the scenes a random_tiny model takes
 
 
-def random_tiny(seed: int = 0, layers: int = 2, heads: int = 4, hidden: int = 32) -> TinyLMM:
-    """A random mmfv-tiny for :data:`SCENE`, with weights scaled up so that every head matters."""
+def random_tiny(seed: int = 0, layers: int = 2, heads: int = 4, hidden: int = 32, image_attention: str = "causal") -> TinyLMM:
+    """A random mmfv-tiny for :data:`SCENE`, with weights scaled up so that every head matters
+    (``image_attention="local"``: as the shipped model, whose plain forwards reuse per-image keys/values)."""
     torch.manual_seed(seed)
     tok = TinyTokenizer.default(SCENE.grid**2)
     cfg = MmfvTinyConfig(
         vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-        intermediate_size=2 * hidden, grid=SCENE.grid, cell_px=SCENE.cell_px, image_token_id=IMG,
+        intermediate_size=2 * hidden, grid=SCENE.grid, cell_px=SCENE.cell_px, image_token_id=IMG, image_attention=image_attention,
     )
     model = MmfvTinyForCausalLM(cfg).eval()
     with torch.no_grad():  # init std 0.02 is too small for heads to matter; scale up

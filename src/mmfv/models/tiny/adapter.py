@@ -11,12 +11,15 @@ from torch import nn
 
 from mmfv.io import read_json
 from mmfv.models.base import LMM, Batch, FeatureCache, LastSteps, Prefix
+from mmfv.models.tiny.image_kv import KVStore, text_forward
 from mmfv.models.tiny.modeling import MmfvTinyConfig, MmfvTinyForCausalLM, image_groups_of
 from mmfv.models.tiny.tokenizer import BOS, PAD, TinyTokenizer
 from mmfv.models.tiny.batches import pixels_of
 from mmfv.prompts import FLAMINGO, Prompt
 
 REQUIRED_FILES = ("config.json", "model.safetensors", "vocab.json")
+KV_IMAGES = 2048
+"""Images whose per-layer keys/values are kept (LRU; ~150 KB each for the shipped model)."""
 FIX = "restore the model folder (copy it again, or retrain with mmfv train-tiny)"
 
 
@@ -45,16 +48,30 @@ def check_folder(folder: Path) -> None:
         raise ValueError(f"{folder / 'model.safetensors'} is damaged or truncated ({type(e).__name__}): {FIX}") from None
 
 
+def _hooked(module: nn.Module) -> bool:
+    """Whether any forward hook (on ``module``'s tree, or global) would see this forward."""
+    from torch.nn.modules import module as M
+
+    if M._global_forward_hooks or M._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
+
+
 class TinyLMM(LMM):
     """mmfv-tiny as an :class:`LMM`. Image features are cached per image id (LRU)."""
 
-    def __init__(self, model: MmfvTinyForCausalLM, tokenizer: TinyTokenizer, model_id: str = "mmfv-tiny", card: dict | None = None, cache_images: int = 4096) -> None:
+    def __init__(self, model: MmfvTinyForCausalLM, tokenizer: TinyTokenizer, model_id: str = "mmfv-tiny", card: dict | None = None, cache_images: int = 4096,
+                 image_kv: bool = True) -> None:
         self.module = model.eval()
         self.tok = tokenizer
         self.model_id = model_id
         self.template = FLAMINGO
         self.card = card or {}
         self._feat_cache = FeatureCache(cache_images)  # image id -> (grid², D)
+        self.image_kv = image_kv
+        """Plain forwards without hooks or gradients run only the text tokens over per-image cached
+        keys/values (models/tiny/image_kv.py; local image attention only). False: the full forward, the reference."""
+        self._kv = KVStore(min(cache_images, KV_IMAGES))
 
     @classmethod
     def load(cls, path: str | Path = "tiny") -> "TinyLMM":
@@ -137,17 +154,40 @@ class TinyLMM(LMM):
 
     def last_logits(self, batch: Batch) -> torch.Tensor:
         """Logits (B, V) of the last position only (the LM head skips the others)."""
+        if self._reuse_images(batch):
+            h, _ = text_forward(self.module, batch.inputs["input_ids"], batch.inputs["attention_mask"], *self._images_kv(batch))
+            if h is not None:
+                return self.module.unembed(h)
         return self.module(**batch.inputs, logits_to_keep=1)["logits"][:, -1]
 
     def prefix(self, batch: Batch) -> Prefix:
         inp = batch.inputs
         ids, mask = inp["input_ids"], inp["attention_mask"]
-        embeds = self.module.model.embed(ids, inp["image_features"])  # (B, T, D)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        if self._reuse_images(batch) and ids.shape[1] > 1 and not bool((ids[:, -1] == self.config.image_token_id).any()):
+            _, cache = text_forward(self.module, ids[:, :-1], mask[:, :-1], *self._images_kv(batch), keep_cache=True)
+            last = {"inputs_embeds": self.module.model.embed_tokens(ids[:, -1:]), "attention_mask": mask, "position_ids": pos[:, -1:]}
+            return Prefix(cache, last, batch.size)
+        embeds = self.module.model.embed(ids, inp["image_features"])  # (B, T, D)
         groups = image_groups_of(ids[:, :-1], self.config.image_token_id)
         out = self.module(inputs_embeds=embeds[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1], use_cache=True, image_groups=groups)
         last = {"inputs_embeds": embeds[:, -1:], "attention_mask": mask, "position_ids": pos[:, -1:]}
         return Prefix(out["past_key_values"], last, batch.size)
+
+    def _reuse_images(self, batch: Batch) -> bool:
+        """Whether this call may take the image-KV path: switched on, local image attention, no
+        gradients and no hooks (which expect every position), images known by id."""
+        if not (self.image_kv and self.config.image_attention == "local") or torch.is_grad_enabled() or _hooked(self.module):
+            return False
+        ids = batch.inputs["input_ids"]
+        n = sum(len(p.items) for p in batch.prompts)
+        return "image_features" in batch.inputs and int((ids == self.config.image_token_id).sum()) == n * self.config.patches_per_image
+
+    def _images_kv(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The image key/value buffer and the rows (n,) of the batch's n images in slot order."""
+        order = [it.image_id for p in batch.prompts for it in p.items]
+        rows = self._kv.rows(self.module, order, batch.inputs["image_features"])
+        return self._kv.buf, rows
 
     def last(self, prefix: Prefix, repeats: int) -> torch.Tensor:
         # The cache stays (N, H, P, d): the attention reads it once per prompt for all its rows.
