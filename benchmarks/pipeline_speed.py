@@ -33,6 +33,7 @@ from mmfv.injection import Stems
 from mmfv.io import read_json
 from mmfv.stages import get
 from mmfv.stages.base import Context
+from mmfv.stages.compose import analogy_layers
 from mmfv.stages.vectors import load as load_vectors
 
 try:  # run as a script: benchmarks/ is on sys.path
@@ -132,8 +133,7 @@ def layer_choice(lmm: Any, fvs: dict, val: dict, n: int, seed: int, stems: Stems
     for ops, answers in ((R.CARDINAL, R.CARDINAL), (R.SPATIAL, R.NOVEL)):
         items = C.analogy_items(ops, answers)
         zs = {d: P.build("zero-shot", val[d], val, 0, min(n, 50), seed) for d in {d for *_, d in items}}
-        out.append([sum(evaluate.accuracy(lmm, zs[d], C.analogy_vector(fvs, a, b, c).vector, l, stems=stems)["acc"] for a, b, c, d in items) / len(items)
-                    for l in range(lmm.n_layers)])
+        out.append(analogy_layers(lmm, items, {(a, b, c): C.analogy_vector(fvs, a, b, c).vector for a, b, c, _ in items}, zs, 64, stems=stems))
     return out
 
 

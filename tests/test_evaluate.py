@@ -27,6 +27,9 @@ def _check(lmm, prompts, vectors, batch_size) -> tuple[list[float], int]:
             want = evaluate.predictions(lmm, prompts, batch_size, evaluate.with_vector(lmm, v, layer))[0]
             assert torch.equal(evaluate._correct_cached(lmm, prompts, v, layer, batch_size, evaluate.LOCAL, stems), want == ans)
             changed += int((want != plain).sum())
+    for layer in range(lmm.n_layers):  # several vectors in one cached pass: the accuracies of one at a time
+        assert evaluate.accuracies(lmm, prompts, vectors, layer, batch_size, stems=stems) == [
+            evaluate.accuracy(lmm, prompts, v, layer, batch_size)["acc"] for v in vectors]
     assert stems.prepared == -(-len(prompts) // batch_size)  # each batch prepared once for every vector and layer
     return ref, changed
 
@@ -54,6 +57,19 @@ def test_cached_accuracies_equal_the_reference_on_shipped_mmfv_tiny():
     accs, changed = _check(lmm, prompts, [direction * 4.0], batch_size=16)
     assert changed > 10
     assert max(accs) > evaluate.accuracy(lmm, prompts)["acc"]  # it helps somewhere: the comparison means something
+
+
+def test_accuracies_in_passes_of_at_most_rows(monkeypatch):
+    lmm = random_tiny(seed=3)
+    data = synthetic.items("val", 60, RELS, seed=0, config=SCENE)
+    prompts = P.build("zero-shot", data["right"], data, 0, 12, 0)
+    g = torch.Generator().manual_seed(1)
+    vectors = [torch.randn(lmm.hidden_size, generator=g) * 3 for _ in range(5)]
+    want = evaluate.accuracies(lmm, prompts, vectors, 1, 6)  # the reference: one at a time
+    monkeypatch.setattr(evaluate, "ROWS", 12)  # 6 prompts x 2 vectors a pass
+    assert evaluate.accuracies(lmm, prompts, vectors, 1, 6, stems=injection.Stems(lmm)) == want
+    with pytest.raises(ValueError, match="shape"):
+        evaluate.accuracies(lmm, prompts, [torch.zeros(3)], 1, 6, stems=injection.Stems(lmm))
 
 
 def test_accuracy_without_a_vector_ignores_stems():

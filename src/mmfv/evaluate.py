@@ -191,6 +191,39 @@ def _correct_cached(lmm: LMM, prompts: Sequence[Prompt], vector: torch.Tensor, l
     return pred == ans
 
 
+ROWS = 1024
+"""Most last-token rows one cached pass of :func:`accuracies` scores (prompts x vectors)."""
+
+
+def accuracies(lmm: LMM, prompts: Sequence[Prompt], vectors: Sequence[torch.Tensor], layer: int, batch_size: int = 64, ex: Execution = LOCAL,
+               stems: Stems | None = None) -> list[float]:
+    """Accuracy of each of K vectors (each (D,)) added at ``layer``, on the same prompts. With
+    ``stems`` every prompt batch is scored for all K at once (K last-token rows per prompt sharing
+    its prefix, at most :data:`ROWS` rows a pass); without, one :func:`accuracy` each (the reference)."""
+    vs = [_vector_and_layer(lmm, v, layer)[0] for v in vectors]
+    if stems is None or not vs:
+        return [accuracy(lmm, prompts, v, layer, batch_size, ex)["acc"] for v in vs]
+    _check_batch_size(batch_size)
+    V = torch.stack(vs)  # (K, D)
+    K = V.shape[0]
+
+    @torch.no_grad()
+    def run(lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
+        stem = stems.get(prompts[lo:hi])
+        step = max(1, ROWS // (hi - lo))
+        preds = []
+        for k in range(0, K, step):
+            logits = stem.logits(lmm, layer, V[k : k + step])  # (B*k, V), prompt-major
+            if not torch.isfinite(logits).all():
+                raise ValueError(f"the model's logits are NaN or infinite on prompts {lo}..{hi - 1} with a vector added: "
+                                 "its norm is too large for the model's dtype (scale it down)")
+            preds.append(logits.argmax(-1).view(hi - lo, -1))
+        return torch.cat(preds, 1), stem.batch.answer_ids  # (B, K), (B,)
+
+    pred, ans = ex.map_batches(run, len(prompts), batch_size, "eval", [(torch.long, (K,)), (torch.long, ())])
+    return [summarize(pred[:, k] == ans)["acc"] for k in range(K)]
+
+
 def layer_sweep(lmm: LMM, prompts: Sequence[Prompt], vector: torch.Tensor, batch_size: int = 64, layers: Sequence[int] | None = None,
                 ex: Execution = LOCAL, stems: Stems | None = None) -> list[float]:
     """Accuracy with ``vector`` injected at each layer (index = layer); ``stems``: cached injection

@@ -31,11 +31,12 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from mmfv.models.base import LMM, Batch, FeatureCache, HeadSet, Prefix
+from mmfv.models.base import LMM, Batch, FeatureCache, HeadSet, LastSteps, Prefix
 from mmfv.models.hf_cache import cache_mode, last_cache
 from mmfv.models.hf_processor import chat_text, first_half, load_processor, process_one_image
 from mmfv.models.hf_rows import merge_features as _merge
 from mmfv.models.hf_rows import repeat_rows as _repeat_rows
+from mmfv.models.hf_steps import steps as steps_of
 from mmfv.models.specs.spec import Spec, attr_path, has_path
 from mmfv.prompts import Item, Prompt
 
@@ -383,6 +384,14 @@ class HFLMM(LMM):
         kw = {k: _repeat_rows(v, repeats, prefix.size, k) for k, v in prefix.last_inputs.items()}
         with last_cache(self.module, prefix.cache, repeats, self.cache_mode) as cache:
             return self.module(**kw, **{self._cache_kw: cache}, use_cache=True).logits[:, -1]
+
+    def last_steps(self, prefix: Prefix) -> LastSteps | None:
+        """Layer by layer where provably exact for this model (models/hf_steps.py), else None."""
+        return steps_of(self, prefix)
+
+    def decoder_layer_of(self, layer: int, head_set: str = "self") -> int | None:
+        attn = {"self": self._self, "cross": self._cross}.get(head_set, [])[layer]
+        return next((i for i, dl in enumerate(self._layers) if any(m is attn for m in dl.modules())), None)
 
     def forward_with_suffix(self, batch: Batch, suffix_ids: list[int]) -> torch.Tensor:
         if not suffix_ids:

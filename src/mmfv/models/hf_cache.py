@@ -20,6 +20,7 @@ implementation. Nothing here names an architecture.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from typing import Any, Iterator
 
 import torch
@@ -177,7 +178,18 @@ ALL_ATTENTION_FUNCTIONS.register(NAME, shared_attention)
 ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)  # the model's own masks, bool, as for "sdpa"
 
 
+_CONFIGS: "weakref.WeakKeyDictionary[nn.Module, list[PreTrainedConfig]]" = weakref.WeakKeyDictionary()
+
+
 def _configs(model: nn.Module) -> list[PreTrainedConfig]:
+    """Every config of ``model``'s modules and their sub-configs (found once per model: layer by
+    layer stepping enters :func:`shared_last` once per decoder layer)."""
+    if model not in _CONFIGS:
+        _CONFIGS[model] = _find_configs(model)
+    return _CONFIGS[model]
+
+
+def _find_configs(model: nn.Module) -> list[PreTrainedConfig]:
     seen: dict[int, PreTrainedConfig] = {}
     for m in model.modules():
         c = getattr(m, "config", None)

@@ -7,7 +7,7 @@ prompts. Layers and weights are chosen on ``val``; every reported number is on `
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from pydantic import Field
 
@@ -71,7 +71,8 @@ def run(ctx: Context) -> dict:
         base = C.composed(fvs, rel)
         with ctx.ex.scope(rel):
             layer = evaluate.best_layer(sweep(zv, base.vector))
-            val_grid = {(a, b): acc(zv, C.composed(fvs, rel, a, b).vector, layer) for a in c.grid for b in c.grid}
+            pairs = [(a, b) for a in c.grid for b in c.grid]
+            val_grid = dict(zip(pairs, evaluate.accuracies(lmm, zv, [C.composed(fvs, rel, a, b).vector for a, b in pairs], layer, bs, ctx.ex, stems)))
             a_best, b_best = C.best_pair(val_grid)
             singles = {v: acc(zt, fvs[v].vector, layer), h: acc(zt, fvs[h].vector, layer)}
             # one source example of the composite relation (a one-shot val prompt) sets the weights
@@ -150,7 +151,7 @@ def _analogies(ctx: Context, fvs: dict, val: dict, test: dict, ops: Sequence[str
     items = C.analogy_items(ops, answers)
     vecs = {(a, b, c): C.analogy_vector(fvs, a, b, c).vector for a, b, c, _ in items}
     val_zs = {d: P.build("zero-shot", val[d], val, 0, min(n, 50), seed) for d in {d for *_, d in items}}
-    by_layer = [sum(acc(val_zs[d], vecs[(a, b, c)], l) for a, b, c, d in items) / len(items) for l in range(lmm.n_layers)]
+    by_layer = analogy_layers(lmm, items, vecs, val_zs, bs, ctx.ex, stems)
     layer = evaluate.best_layer(by_layer)
     rows = []
     for a, b, c, d in items:
@@ -158,6 +159,22 @@ def _analogies(ctx: Context, fvs: dict, val: dict, test: dict, ops: Sequence[str
         rows.append({"analogy": f"{a} : {b} :: {c} : {d}", "acc": acc(zt, C.analogy_vector(fvs, a, b, c).vector, layer), "chance": chance(test[d][:n])})
     return {"items": rows, "mean_acc": round(sum(x["acc"] for x in rows) / len(rows), 4),
             "mean_chance": round(sum(x["chance"] for x in rows) / len(rows), 4), "layer": layer, "val_by_layer": [round(x, 4) for x in by_layer]}
+
+
+def analogy_layers(lmm: Any, items: Sequence[tuple[str, str, str, str]], vecs: dict, prompts: dict, batch_size: int, ex: Any = None, stems: Any = None) -> list[float]:
+    """Mean accuracy over ``items`` (A, B, C, D) at every layer, each item's vector ``vecs[(A, B, C)]``
+    on ``prompts[D]``; the items of one D are scored together (:func:`mmfv.evaluate.accuracies`)."""
+    from mmfv import evaluate
+    from mmfv.execution import LOCAL
+
+    out = []
+    for l in range(lmm.n_layers):
+        acc = {}
+        for d in dict.fromkeys(d for *_, d in items):
+            abcs = [(a, b, c) for a, b, c, d_ in items if d_ == d]
+            acc.update(zip(abcs, evaluate.accuracies(lmm, prompts[d], [vecs[abc] for abc in abcs], l, batch_size, ex or LOCAL, stems)))
+        out.append(sum(acc[(a, b, c)] for a, b, c, _ in items) / len(items))  # summed in item order, as one item at a time
+    return out
 
 
 def section(res: H.Results, out: Path) -> str:

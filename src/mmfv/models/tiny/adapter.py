@@ -12,7 +12,7 @@ from torch import nn
 from mmfv.io import read_json
 from mmfv.models.base import LMM, Batch, FeatureCache, LastSteps, Prefix
 from mmfv.models.tiny.image_kv import KVStore, text_forward
-from mmfv.models.tiny.modeling import MmfvTinyConfig, MmfvTinyForCausalLM, image_groups_of
+from mmfv.models.tiny.modeling import MmfvTinyConfig, MmfvTinyForCausalLM, image_groups_of, rope_angles
 from mmfv.models.tiny.tokenizer import BOS, PAD, TinyTokenizer
 from mmfv.models.tiny.batches import pixels_of
 from mmfv.prompts import FLAMINGO, Prompt
@@ -220,16 +220,22 @@ class _TinySteps(LastSteps):
         self.size = prefix.size
         self._model, self._cache = model, prefix.cache  # per layer (k, v), each (N, H, P, d)
         self._x = li["inputs_embeds"][:, 0]  # (N, D)
-        self._pos = li["position_ids"]  # (N, 1)
+        pos = li["position_ids"]  # (N, 1)
         P = self._cache[0][0].shape[2]
-        self._mask = model.model.build_mask(self.size, 1, P, self._x.device, li["attention_mask"])  # (N, 1, 1, P+1)
+        mask = model.model.build_mask(self.size, 1, P, self._x.device, li["attention_mask"])  # (N, 1, 1, P+1)
+        rope = rope_angles(pos, model.config.head_dim, model.config.rope_theta, self._x.dtype)  # shared by every layer
+        self._rows = {1: (pos, mask, rope)}  # repeats -> the row-repeated (positions, mask, rope angles)
 
     def embed(self) -> torch.Tensor:
         return self._x
 
     def layer(self, layer: int, hidden: torch.Tensor, repeats: int = 1) -> torch.Tensor:
-        rep = (lambda t: t.repeat_interleave(repeats, dim=0)) if repeats > 1 else (lambda t: t)  # noqa: E731
-        x, _ = self._model.model.layers[layer](hidden[:, None], rep(self._pos), rep(self._mask), self._cache[layer])
+        if repeats not in self._rows:
+            pos, mask, (cos, sin) = self._rows[1]
+            rep = lambda t: t.repeat_interleave(repeats, dim=0)  # noqa: E731
+            self._rows[repeats] = (rep(pos), rep(mask), (rep(cos), rep(sin)))
+        pos, mask, rope = self._rows[repeats]
+        x, _ = self._model.model.layers[layer](hidden[:, None], pos, mask, self._cache[layer], rope)
         return x[:, 0]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -87,14 +87,14 @@ class KVStore:
 
 def _turns(pos: torch.Tensor, d: int, theta: float) -> torch.Tensor:
     """RoPE as unit complex numbers (..., 1, d/2) for integer positions (...): the angles of
-    modeling._rope, computed alike."""
+    modeling.rope_angles, computed alike."""
     inv = 1.0 / (theta ** (torch.arange(0, d, 2, device=pos.device, dtype=torch.float32) / d))  # (d/2,)
     ang = pos.to(torch.float32)[..., None, None] * inv
     return torch.complex(ang.cos(), ang.sin())
 
 
 def _rotate(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
-    """RoPE on (..., H, d) with adjacent pairs as complex numbers (modeling._rope's pairing)."""
+    """RoPE on (..., H, d) with adjacent pairs as complex numbers (modeling.apply_rope's pairing)."""
     return torch.view_as_real(torch.view_as_complex(x.reshape(*x.shape[:-1], -1, 2)) * turns).flatten(-2)
 
 

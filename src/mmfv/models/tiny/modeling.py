@@ -67,12 +67,16 @@ class MmfvTinyConfig(PretrainedConfig):
         return 3 * self.cell_px * self.cell_px
 
 
-def _rope(x: torch.Tensor, pos: torch.Tensor, theta: float) -> torch.Tensor:
-    """Rotary embedding. x: (B, H, T, d); pos: (B, T) integer positions."""
-    d = x.shape[-1]
-    inv = 1.0 / (theta ** (torch.arange(0, d, 2, device=x.device, dtype=torch.float32) / d))  # (d/2,)
+def rope_angles(pos: torch.Tensor, d: int, theta: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin (B, 1, T, d/2) of the rotary angles for integer positions pos (B, T): computed once
+    per forward (or per prepared last token) and shared by every layer's queries and keys."""
+    inv = 1.0 / (theta ** (torch.arange(0, d, 2, device=pos.device, dtype=torch.float32) / d))  # (d/2,)
     ang = pos.to(torch.float32)[:, None, :, None] * inv  # (B, 1, T, d/2)
-    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+    return ang.cos().to(dtype), ang.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding of x (B, H, T, d) by :func:`rope_angles`' cos/sin, adjacent pairs rotated."""
     x1, x2 = x[..., 0::2], x[..., 1::2]
     return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
 
@@ -96,13 +100,15 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(d, self.num_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, d, bias=False)
 
-    def forward(self, x, pos, mask, past=None):
-        # x: (B, T, D); pos: (B, T); mask: (B, 1, T, S) bool, True = attend; past: (k, v) (B, H, P, d)
+    def forward(self, x, pos, mask, past=None, rope=None):
+        # x: (B, T, D); pos: (B, T); mask: (B, 1, T, S) bool, True = attend; past: (k, v) (B, H, P, d);
+        # rope: rope_angles(pos) when the caller computed them once for every layer
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
-        q, k = _rope(q, pos, self.theta), _rope(k, pos, self.theta)
+        cos, sin = rope if rope is not None else rope_angles(pos, self.head_dim, self.theta, q.dtype)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if past is not None and past[0].shape[0] != B:
             return self._shared_prefix(q, k, v, past, mask), None
         if past is not None:
@@ -150,8 +156,8 @@ class DecoderLayer(nn.Module):
             nn.Linear(cfg.intermediate_size, cfg.hidden_size),
         )
 
-    def forward(self, x, pos, mask, past=None):
-        a, kv = self.self_attn(self.input_layernorm(x), pos, mask, past)
+    def forward(self, x, pos, mask, past=None, rope=None):
+        a, kv = self.self_attn(self.input_layernorm(x), pos, mask, past, rope)
         x = x + a
         x = x + self.mlp(self.post_attention_layernorm(x))
         return x, kv
@@ -229,9 +235,10 @@ class MmfvTinyModel(nn.Module):
         P = 0 if past_key_values is None else past_key_values[0][0].shape[2]
         mask = self.build_mask(B, T, P, inputs_embeds.device, attention_mask, image_groups)
         x = inputs_embeds
+        rope = rope_angles(position_ids, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
         cache = []
         for i, layer in enumerate(self.layers):
-            x, kv = layer(x, position_ids, mask, None if past_key_values is None else past_key_values[i])
+            x, kv = layer(x, position_ids, mask, None if past_key_values is None else past_key_values[i], rope)
             cache.append(kv)
         return self.norm(x), cache
 
