@@ -67,8 +67,8 @@ def run(ctx: Context) -> dict:
             }
             cres = CMA.load(ctx.input("cma"), rel, lmm)
             ks = head_counts(ctx.cfg, cres.aie.numel(), f"the CMA results in {ctx.input('cma')}")
-            r["head_count"] = {str(k): evaluate.accuracy(lmm, zs_test, V.build(lmm, cres.means, cres.top_heads(k), rel, head_set=cres.head_set).vector,
-                                                         best, bs, ctx.ex, stems)["acc"] for k in ks}
+            by_k = [V.build(lmm, cres.means, cres.top_heads(k), rel, head_set=cres.head_set).vector for k in ks]
+            r["head_count"] = dict(zip(map(str, ks), evaluate.accuracies(lmm, zs_test, by_k, best, bs, ctx.ex, stems)))
         r["icl_by_shots"] = {k: icl["clean"][k][rel]["acc"] for k in icl["clean"]}
         fv.at(best).save(out / "vectors" / f"{rel}.safetensors")  # the vector with the layer chosen for it
         res["relations"][rel] = r
