@@ -35,6 +35,7 @@ from mmfv.models.base import LMM, Batch, FeatureCache, HeadSet, LastSteps, Prefi
 from mmfv.models.hf_cache import cache_mode, last_cache
 from mmfv.models.hf_processor import chat_text, first_half, load_processor, process_one_image
 from mmfv.models.hf_rows import merge_features as _merge
+from mmfv.models.hf_rows import forward_kwargs, model_positions
 from mmfv.models.hf_rows import repeat_rows as _repeat_rows
 from mmfv.models.hf_steps import steps as steps_of
 from mmfv.models.specs.spec import Spec, attr_path, has_path
@@ -48,10 +49,6 @@ class _Image:
     text: str
     meta: dict[str, Any]  # processor outputs for this image alone, less pixel tensors
     features: Any  # vision-tower output (dict of fields, or a tensor for cross-attention families)
-
-
-class _Stop(Exception):
-    pass
 
 
 class HFLMM(LMM):
@@ -298,36 +295,14 @@ class HFLMM(LMM):
         return Batch(inputs, answers, list(prompts))
 
     def _positions(self, inputs: dict[str, Any]) -> torch.Tensor:
-        mask = inputs["attention_mask"]
         if self.spec.positions == "mask":
-            return (mask.long().cumsum(-1) - 1).clamp(min=0)
-        # The model's own positions (e.g. M-RoPE): capture what it hands its decoder stack.
-        stack = attr_path(self.module, self.spec.layers.rsplit(".", 1)[0])
-        box: dict[str, Any] = {}
-
-        def pre(mod, args, kwargs):
-            box["pos"] = kwargs.get("position_ids")
-            raise _Stop
-
-        h = stack.register_forward_pre_hook(pre, with_kwargs=True)
-        try:
-            with torch.no_grad():
-                self.module(**self._call(inputs), use_cache=False)
-        except _Stop:
-            pass
-        finally:
-            h.remove()
-        if box.get("pos") is None:
+            return (inputs["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
+        pos = model_positions(self.module, attr_path(self.module, self.spec.layers.rsplit(".", 1)[0]), forward_kwargs(inputs))
+        if pos is None:
             raise RuntimeError(f"{self.spec.family}: the model computed no position_ids; use positions='mask' in its spec")
-        return box["pos"]
+        return pos
 
-    @staticmethod
-    def _call(inputs: dict[str, Any]) -> dict[str, Any]:
-        """Forward kwargs (a fresh outer dict for mm_encoder_outputs, which forwards may fill in)."""
-        out = dict(inputs)
-        if isinstance(out.get("mm_encoder_outputs"), dict):
-            out["mm_encoder_outputs"] = dict(out["mm_encoder_outputs"])
-        return out
+    _call = staticmethod(forward_kwargs)
 
     # --- scoring ------------------------------------------------------------------------------
     def answer_token_id(self, answer_text: str) -> int:

@@ -1,5 +1,6 @@
-"""Row and field helpers of models/hf.py: merging per-image vision features into one batch, and
-repeating a batch's rows (inputs and KV cache) for the fast CMA engine's last-position runs."""
+"""Row and field helpers of models/hf.py: merging per-image vision features into one batch,
+repeating a batch's rows (inputs and KV cache) for the fast CMA engine's last-position runs, the
+forward's kwargs, and the positions a model computes itself."""
 
 from __future__ import annotations
 
@@ -7,6 +8,38 @@ import copy
 from typing import Any
 
 import torch
+
+
+class _Stop(Exception):
+    pass
+
+
+def forward_kwargs(inputs: dict[str, Any]) -> dict[str, Any]:
+    """Forward kwargs (a fresh outer dict for mm_encoder_outputs, which forwards may fill in)."""
+    out = dict(inputs)
+    if isinstance(out.get("mm_encoder_outputs"), dict):
+        out["mm_encoder_outputs"] = dict(out["mm_encoder_outputs"])
+    return out
+
+
+def model_positions(model: Any, stack: Any, kwargs: dict[str, Any]) -> torch.Tensor | None:
+    """The position_ids ``model`` hands its decoder ``stack`` for ``kwargs`` (e.g. M-RoPE's), or None;
+    the forward stops there."""
+    box: dict[str, Any] = {}
+
+    def pre(mod, args, kw):
+        box["pos"] = kw.get("position_ids")
+        raise _Stop
+
+    h = stack.register_forward_pre_hook(pre, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model(**kwargs, use_cache=False)
+    except _Stop:
+        pass
+    finally:
+        h.remove()
+    return box.get("pos")
 
 
 def merge_features(values: list[Any]) -> Any:

@@ -3,8 +3,7 @@
 Why: a vector added after layer ℓ needs layers ℓ+1..L−1 only, and a head patched at layer l needs
 layers l..L−1 only (cached injection, the ``skip`` CMA engine); an HF forward always runs them all.
 
-How, without naming an architecture: :func:`steps` runs the last-token forward (models/hf.py's
-``last``) twice, with 1 and 2 rows per prompt, and records what each decoder layer is called with
+How, without naming an architecture: :func:`steps` runs the last-token forward (``HFLMM.last``) twice, with 1 and 2 rows per prompt, and records what each decoder layer is called with
 (hidden states, masks, position embeddings, the cache, ...). Comparing the two records tells, for
 every tensor, which dimension holds the rows (it doubles) — so any number of rows per prompt can be
 made by repeating along it — and which inputs are the same for every row. Then a layer is called on
@@ -22,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+from transformers.cache_utils import Cache
 
 from mmfv.models.base import LastSteps, Prefix
 from mmfv.models.hf_cache import last_cache
-from mmfv.models.hf_rows import repeat_rows
 from mmfv.models.specs.spec import attr_path
 
 if TYPE_CHECKING:
@@ -46,9 +45,9 @@ class _NotSteppable(Exception):
     pass
 
 
-def _record(lmm: "HFLMM", prefix: Prefix, repeats: int) -> tuple[list[tuple[tuple, dict]], list[Any], torch.Tensor, Any]:
-    """One last-token forward of ``repeats`` rows per prompt: each decoder layer's (args, kwargs)
-    and output, the logits (N*repeats, V) and the cache object the layers were handed."""
+def _record(lmm: "HFLMM", prefix: Prefix, repeats: int) -> tuple[list[tuple[tuple, dict]], list[Any], torch.Tensor]:
+    """One last-token forward (``lmm.last``) of ``repeats`` rows per prompt: each decoder layer's
+    (args, kwargs) and output, and the logits (N*repeats, V)."""
     layers = [lmm.decoder_layer(l) for l in range(lmm.n_layers)]
     ins: list[Any] = [None] * len(layers)
     outs: list[Any] = [None] * len(layers)
@@ -67,25 +66,24 @@ def _record(lmm: "HFLMM", prefix: Prefix, repeats: int) -> tuple[list[tuple[tupl
 
     handles = [m.register_forward_pre_hook(pre(l), with_kwargs=True) for l, m in enumerate(layers)]
     handles += [m.register_forward_hook(post(l)) for l, m in enumerate(layers)]
-    kw = {k: repeat_rows(v, repeats, prefix.size, k) for k, v in prefix.last_inputs.items()}
     try:
-        with torch.no_grad(), last_cache(lmm.module, prefix.cache, repeats, lmm.cache_mode) as cache:
-            logits = lmm.module(**kw, **{lmm._cache_kw: cache}, use_cache=True).logits[:, -1]
+        with torch.no_grad():
+            logits = lmm.last(prefix, repeats)
     finally:
         for h in handles:
             h.remove()
     if any(x is None for x in ins) or any(x is None for x in outs):
         raise _NotSteppable("a decoder layer did not run on the last token")
-    return ins, outs, logits, cache
+    return ins, outs, logits
 
 
 def _hidden_of(output: Any) -> torch.Tensor:
     return output[0] if isinstance(output, (tuple, list)) else output
 
 
-def _template(one: Any, two: Any, cache1: Any, cache2: Any) -> Any:
+def _template(one: Any, two: Any) -> Any:
     """What a layer input is for any number of rows: a constant, a :class:`_Rows`, or the cache."""
-    if one is cache1 and two is cache2:
+    if isinstance(one, Cache) and isinstance(two, Cache):
         return _CACHE
     if isinstance(one, torch.Tensor) and isinstance(two, torch.Tensor):
         if one.shape == two.shape:
@@ -98,9 +96,9 @@ def _template(one: Any, two: Any, cache1: Any, cache2: Any) -> Any:
                 return _Rows(one, d)
         raise _NotSteppable(f"an input of shape {tuple(one.shape)} is not a row repeat ({tuple(two.shape)} with 2 rows per prompt)")
     if isinstance(one, (tuple, list)) and isinstance(two, (tuple, list)) and len(one) == len(two):
-        return type(one)(_template(a, b, cache1, cache2) for a, b in zip(one, two))
+        return type(one)(_template(a, b) for a, b in zip(one, two))
     if isinstance(one, dict) and isinstance(two, dict) and one.keys() == two.keys():
-        return {k: _template(one[k], two[k], cache1, cache2) for k in one}
+        return {k: _template(one[k], two[k]) for k in one}
     if one is two or (not isinstance(one, torch.Tensor) and type(one) is type(two) and _same(one, two)):
         return one
     raise _NotSteppable(f"an input of type {type(one).__name__} differs between row counts")
@@ -160,8 +158,8 @@ def steps(lmm: "HFLMM", prefix: Prefix) -> LastSteps | None:
     if not isinstance(norm, nn.Module) or not isinstance(head, nn.Module):
         return None
     try:
-        ins1, outs1, logits1, cache1 = _record(lmm, prefix, 1)
-        ins2, _, _, cache2 = _record(lmm, prefix, 2)
+        ins1, outs1, logits1 = _record(lmm, prefix, 1)
+        ins2, _, _ = _record(lmm, prefix, 2)
         inputs = []
         for l, ((a1, k1), (a2, k2)) in enumerate(zip(ins1, ins2)):
             h_in = a1[0] if a1 else k1.get("hidden_states")
@@ -169,7 +167,7 @@ def steps(lmm: "HFLMM", prefix: Prefix) -> LastSteps | None:
                 raise _NotSteppable(f"something runs between decoder layers {l - 1} and {l}")
             a1, a2 = (_HIDDEN, *a1[1:]) if a1 else a1, (_HIDDEN, *a2[1:]) if a2 else a2
             k1, k2 = {k: v for k, v in k1.items() if k != "hidden_states"}, {k: v for k, v in k2.items() if k != "hidden_states"}
-            inputs.append((_template(a1, a2, cache1, cache2), _template(k1, k2, cache1, cache2)))
+            inputs.append((_template(a1, a2), _template(k1, k2)))
         x0 = (ins1[0][0][0] if ins1[0][0] else ins1[0][1]["hidden_states"])[:, -1]
         with torch.no_grad():
             final = head(norm(_hidden_of(outs1[-1])[:, -1:]))[:, -1]
