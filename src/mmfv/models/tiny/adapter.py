@@ -180,6 +180,8 @@ class TinyLMM(LMM):
         if not (self.image_kv and self.config.image_attention == "local") or torch.is_grad_enabled() or _hooked(self.module):
             return False
         ids = batch.inputs["input_ids"]
+        if not batch.prompts:
+            return False
         n = sum(len(p.items) for p in batch.prompts)
         return "image_features" in batch.inputs and int((ids == self.config.image_token_id).sum()) == n * self.config.patches_per_image
 
