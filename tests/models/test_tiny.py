@@ -81,12 +81,12 @@ def test_shipped_card_records_how_to_reproduce_every_stage():
 
     lmm = load_model("tiny")
     card = lmm.card
-    assert card["version"] == 4 and [s["name"] for s in card["stages"]] == ["stage1", "stage2", "stage3", "stage4"]
+    assert card["version"] == 5 and [s["name"] for s in card["stages"]] == ["stage1", "stage2", "stage3", "stage4"]
     for s in card["stages"]:
         assert s["reproduce"].split()[-1] != "" and "mmfv train-tiny" in s["reproduce"] and f"--seed {s['train_config']['seed']}" in s["reproduce"]
         assert s["steps_done"] == s["train_config"]["steps"] and s["history"][-1]["step"] == s["steps_done"]
         TrainConfig(**{**s["train_config"], "init_from": ""})  # a valid config of this release
-    assert card["stages"][-1]["train_config"]["icl_relations"] == "spatial"
+    assert card["stages"][-1]["train_config"]["icl_relations"] == "spatial" and card["stages"][-1]["train_config"]["icl_diagonal_share"] == 0.15
     assert sum(s["train_minutes"] for s in card["stages"]) <= 90
     assert (Path(tiny_pkg.__file__).parent / "weights" / "model.safetensors").stat().st_size < 20e6
     assert set(card["icl_test"]["diagonal"]["relations"]) == {"above_left", "above_right", "below_left", "below_right"}
