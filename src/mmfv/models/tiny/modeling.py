@@ -131,17 +131,15 @@ class Attention(nn.Module):
         if q.shape[2] != 1 or B % N:
             raise ValueError(f"a shared KV prefix of {N} prompts takes one new token per row and a multiple of {N} rows, got {B} rows x {q.shape[2]} tokens")
         R = B // N
-        qg = q.view(N, R, H, d).transpose(1, 2)  # (N, H, R, d)
-        scale = 1.0 / math.sqrt(d)
-        s_pre = (qg @ pk.transpose(-1, -2)) * scale  # (N, H, R, P)
-        keep = mask.view(N, R, 1, 1, P + 1)[:, 0, :, :, :P]  # (N, 1, 1, P) prefix keys visible
-        s_pre = s_pre.masked_fill(~keep, float("-inf"))
-        s_self = (q * k).sum(-1).view(N, R, H).transpose(1, 2)[..., None] * scale  # (N, H, R, 1)
-        w = torch.cat([s_pre, s_self], dim=-1).softmax(-1)
-        vs = v.view(N, R, H, d).transpose(1, 2)  # (N, H, R, d)
-        out = w[..., :P] @ pv + w[..., P:] * vs  # (N, H, R, d)
-        out = out.transpose(1, 2).reshape(B, 1, H * d)
-        return self.o_proj(out)
+        q = q * (1.0 / math.sqrt(d))  # scaled once here: (B, H, 1, d) is smaller than the scores
+        w = q.new_empty(N, H, R, P + 1)  # scores over the prompt's prefix keys, then the row's own key
+        w[..., :P] = q.view(N, R, H, d).transpose(1, 2) @ pk.transpose(-1, -2)  # (N, H, R, P)
+        w[..., P] = (q * k).sum(-1).view(N, R, H).transpose(1, 2)  # (N, H, R)
+        hidden = ~mask.view(N, R, 1, 1, P + 1)[:, 0, :, :, :P]  # (N, 1, 1, P) prefix keys not visible
+        w[..., :P].masked_fill_(hidden, float("-inf"))
+        w = w.softmax(-1)
+        out = w[..., :P] @ pv + w[..., P:] * v.view(N, R, H, d).transpose(1, 2)  # (N, H, R, d)
+        return self.o_proj(out.transpose(1, 2).reshape(B, 1, H * d))
 
 
 class DecoderLayer(nn.Module):
