@@ -24,7 +24,7 @@ from typing import Callable
 
 import torch
 
-from mmfv import cma
+from mmfv import cma, rsa
 from mmfv import prompts as P
 from mmfv import relations as R
 from mmfv.settings import DataSettings
@@ -104,7 +104,7 @@ def main() -> None:
         print(f"vision tower: {n_warm} runs ({t_img:.2f}s) to encode the corrupted prompts' images, {len(calls) - n_warm} during all engines")
     if not a.no_screen and not a.no_reference:
         t_ap, est = timed(lambda: cma.attribution_patching(lmm, corrupt, means), a.repeats)
-        rho = cma.spearman(est.mean(0), ref.mean(0))
+        rho = rsa.spearman(est.mean(0).flatten(), ref.mean(0).flatten())
         print(f"attribution patching (screening estimate, not exact): median {t_ap.median:.2f}s, Spearman rho vs exact AIE {rho:.3f}")
     skip = rows["skip"][0]
     diff = max(float((rows[e][1].mean(0) - ref.mean(0)).abs().max()) for e in ("fast", "skip"))

@@ -391,11 +391,3 @@ def attribution_patching(lmm: LMM, prompts: Sequence[Prompt], means: torch.Tenso
             est[:, l] = (delta * g.float()).view(B, hs.n_heads, hs.head_dim).sum(-1)
         out.append(est)
     return torch.cat(out)
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Rank correlation of two equally shaped tensors (flattened)."""
-    ra = a.flatten().argsort().argsort().double()
-    rb = b.flatten().argsort().argsort().double()
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    return float((ra * rb).sum() / (ra.norm() * rb.norm()))

@@ -173,38 +173,16 @@ def accuracy(lmm: LMM, prompts: Sequence[Prompt], vector=None, layer: int | None
     return summarize(correct(lmm, prompts, batch_size, ctx, ex))
 
 
-def _correct_cached(lmm: LMM, prompts: Sequence[Prompt], vector: torch.Tensor, layer: int, batch_size: int, ex: Execution, stems: Stems,
-                    scale: float = 1.0) -> torch.Tensor:
-    """(N,) bool, as :func:`correct` with ``vector`` added at ``layer``, by cached injection."""
-    _check_batch_size(batch_size)
-
-    @torch.no_grad()
-    def run(lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
-        stem = stems.get(prompts[lo:hi])
-        logits = stem.logits(lmm, layer, vector, scale)  # (B, V)
-        if not torch.isfinite(logits).all():  # as predictions(): argmax of NaN is an arbitrary token
-            raise ValueError(f"the model's logits are NaN or infinite on prompts {lo}..{hi - 1} with the vector added: "
-                             "its norm is too large for the model's dtype (scale it down)")
-        return logits.argmax(-1), stem.batch.answer_ids
-
-    pred, ans = ex.map_batches(run, len(prompts), batch_size, "eval", [(torch.long, ()), (torch.long, ())])
-    return pred == ans
-
-
 ROWS = 1024
-"""Most last-token rows one cached pass of :func:`accuracies` scores (prompts x vectors)."""
+"""Most last-token rows one cached pass scores (prompts x vectors, :func:`accuracies`)."""
 
 
-def accuracies(lmm: LMM, prompts: Sequence[Prompt], vectors: Sequence[torch.Tensor], layer: int, batch_size: int = 64, ex: Execution = LOCAL,
-               stems: Stems | None = None) -> list[float]:
-    """Accuracy of each of K vectors (each (D,)) added at ``layer``, on the same prompts. With
-    ``stems`` every prompt batch is scored for all K at once (K last-token rows per prompt sharing
-    its prefix, at most :data:`ROWS` rows a pass); without, one :func:`accuracy` each (the reference)."""
-    vs = [_vector_and_layer(lmm, v, layer)[0] for v in vectors]
-    if stems is None or not vs:
-        return [accuracy(lmm, prompts, v, layer, batch_size, ex)["acc"] for v in vs]
+def _correct_cached(lmm: LMM, prompts: Sequence[Prompt], vectors: torch.Tensor, layer: int, batch_size: int, ex: Execution, stems: Stems) -> torch.Tensor:
+    """As :func:`correct` with each vector added at ``layer``, by cached injection: (N,) bool for one
+    vector (D,), (N, K) for K vectors (K, D), all K scored on each prompt batch at once (K last-token
+    rows per prompt sharing its prefix, at most :data:`ROWS` rows a pass)."""
     _check_batch_size(batch_size)
-    V = torch.stack(vs)  # (K, D)
+    V = vectors[None] if vectors.dim() == 1 else vectors  # (K, D)
     K = V.shape[0]
 
     @torch.no_grad()
@@ -214,14 +192,27 @@ def accuracies(lmm: LMM, prompts: Sequence[Prompt], vectors: Sequence[torch.Tens
         preds = []
         for k in range(0, K, step):
             logits = stem.logits(lmm, layer, V[k : k + step])  # (B*k, V), prompt-major
-            if not torch.isfinite(logits).all():
-                raise ValueError(f"the model's logits are NaN or infinite on prompts {lo}..{hi - 1} with a vector added: "
+            if not torch.isfinite(logits).all():  # as predictions(): argmax of NaN is an arbitrary token
+                raise ValueError(f"the model's logits are NaN or infinite on prompts {lo}..{hi - 1} with the vector added: "
                                  "its norm is too large for the model's dtype (scale it down)")
             preds.append(logits.argmax(-1).view(hi - lo, -1))
         return torch.cat(preds, 1), stem.batch.answer_ids  # (B, K), (B,)
 
     pred, ans = ex.map_batches(run, len(prompts), batch_size, "eval", [(torch.long, (K,)), (torch.long, ())])
-    return [summarize(pred[:, k] == ans)["acc"] for k in range(K)]
+    correct = pred == ans[:, None]  # (N, K)
+    return correct[:, 0] if vectors.dim() == 1 else correct
+
+
+def accuracies(lmm: LMM, prompts: Sequence[Prompt], vectors: Sequence[torch.Tensor], layer: int, batch_size: int = 64, ex: Execution = LOCAL,
+               stems: Stems | None = None) -> list[float]:
+    """Accuracy of each of K vectors (each (D,)) added at ``layer``, on the same prompts. With
+    ``stems`` every prompt batch is scored for all K at once (:func:`_correct_cached`); without, one
+    :func:`accuracy` each (the reference)."""
+    vs = [_vector_and_layer(lmm, v, layer)[0] for v in vectors]
+    if stems is None or not vs:
+        return [accuracy(lmm, prompts, v, layer, batch_size, ex)["acc"] for v in vs]
+    correct = _correct_cached(lmm, prompts, torch.stack(vs), layer, batch_size, ex, stems)  # (N, K)
+    return [summarize(correct[:, k])["acc"] for k in range(correct.shape[1])]
 
 
 def layer_sweep(lmm: LMM, prompts: Sequence[Prompt], vector: torch.Tensor, batch_size: int = 64, layers: Sequence[int] | None = None,

@@ -81,6 +81,11 @@ def _hidden_of(output: Any) -> torch.Tensor:
     return output[0] if isinstance(output, (tuple, list)) else output
 
 
+def _hidden_in(args: tuple, kwargs: dict) -> Any:
+    """A decoder layer's hidden-state input: its first positional argument, else ``hidden_states``."""
+    return args[0] if args else kwargs.get("hidden_states")
+
+
 def _template(one: Any, two: Any) -> Any:
     """What a layer input is for any number of rows: a constant, a :class:`_Rows`, or the cache."""
     if isinstance(one, Cache) and isinstance(two, Cache):
@@ -162,13 +167,13 @@ def steps(lmm: "HFLMM", prefix: Prefix) -> LastSteps | None:
         ins2, _, _ = _record(lmm, prefix, 2)
         inputs = []
         for l, ((a1, k1), (a2, k2)) in enumerate(zip(ins1, ins2)):
-            h_in = a1[0] if a1 else k1.get("hidden_states")
+            h_in = _hidden_in(a1, k1)
             if not isinstance(h_in, torch.Tensor) or (l and not torch.equal(h_in, _hidden_of(outs1[l - 1]))):
                 raise _NotSteppable(f"something runs between decoder layers {l - 1} and {l}")
             a1, a2 = (_HIDDEN, *a1[1:]) if a1 else a1, (_HIDDEN, *a2[1:]) if a2 else a2
             k1, k2 = {k: v for k, v in k1.items() if k != "hidden_states"}, {k: v for k, v in k2.items() if k != "hidden_states"}
             inputs.append((_template(a1, a2), _template(k1, k2)))
-        x0 = (ins1[0][0][0] if ins1[0][0] else ins1[0][1]["hidden_states"])[:, -1]
+        x0 = _hidden_in(*ins1[0])[:, -1]
         with torch.no_grad():
             final = head(norm(_hidden_of(outs1[-1])[:, -1:]))[:, -1]
         if not torch.allclose(final.float(), logits1.float(), rtol=1e-4, atol=1e-5 * float(logits1.abs().max())):

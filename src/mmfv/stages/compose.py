@@ -167,11 +167,13 @@ def analogy_layers(lmm: Any, items: Sequence[tuple[str, str, str, str]], vecs: d
     from mmfv import evaluate
     from mmfv.execution import LOCAL
 
+    by_d: dict[str, list[tuple[str, str, str]]] = {}
+    for a, b, c, d in items:
+        by_d.setdefault(d, []).append((a, b, c))
     out = []
     for l in range(lmm.n_layers):
         acc = {}
-        for d in dict.fromkeys(d for *_, d in items):
-            abcs = [(a, b, c) for a, b, c, d_ in items if d_ == d]
+        for d, abcs in by_d.items():
             acc.update(zip(abcs, evaluate.accuracies(lmm, prompts[d], [vecs[abc] for abc in abcs], l, batch_size, ex or LOCAL, stems)))
         out.append(sum(acc[(a, b, c)] for a, b, c, _ in items) / len(items))  # summed in item order, as one item at a time
     return out

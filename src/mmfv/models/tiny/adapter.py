@@ -156,15 +156,14 @@ class TinyLMM(LMM):
         """Logits (B, V) of the last position only (the LM head skips the others)."""
         if self._reuse_images(batch):
             h, _ = text_forward(self.module, batch.inputs["input_ids"], batch.inputs["attention_mask"], *self._images_kv(batch))
-            if h is not None:
-                return self.module.unembed(h)
+            return self.module.unembed(h)
         return self.module(**batch.inputs, logits_to_keep=1)["logits"][:, -1]
 
     def prefix(self, batch: Batch) -> Prefix:
         inp = batch.inputs
         ids, mask = inp["input_ids"], inp["attention_mask"]
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        if self._reuse_images(batch) and ids.shape[1] > 1 and not bool((ids[:, -1] == self.config.image_token_id).any()):
+        if self._reuse_images(batch) and ids.shape[1] > 1:
             _, cache = text_forward(self.module, ids[:, :-1], mask[:, :-1], *self._images_kv(batch), keep_cache=True)
             last = {"inputs_embeds": self.module.model.embed_tokens(ids[:, -1:]), "attention_mask": mask, "position_ids": pos[:, -1:]}
             return Prefix(cache, last, batch.size)
@@ -176,14 +175,13 @@ class TinyLMM(LMM):
 
     def _reuse_images(self, batch: Batch) -> bool:
         """Whether this call may take the image-KV path: switched on, local image attention, no
-        gradients and no hooks (which expect every position), images known by id."""
-        if not (self.image_kv and self.config.image_attention == "local") or torch.is_grad_enabled() or _hooked(self.module):
+        gradients and no hooks (which expect every position), images known by id, prompts ending
+        with a text token (the last position is never a patch)."""
+        if not (self.image_kv and self.config.image_attention == "local") or torch.is_grad_enabled() or _hooked(self.module) or not batch.prompts:
             return False
-        ids = batch.inputs["input_ids"]
-        if not batch.prompts:
-            return False
+        is_img = batch.inputs["input_ids"] == self.config.image_token_id
         n = sum(len(p.items) for p in batch.prompts)
-        return "image_features" in batch.inputs and int((ids == self.config.image_token_id).sum()) == n * self.config.patches_per_image
+        return "image_features" in batch.inputs and int(is_img.sum()) == n * self.config.patches_per_image and not bool(is_img[:, -1].any())
 
     def _images_kv(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """The image key/value buffer and the rows (n,) of the batch's n images in slot order."""

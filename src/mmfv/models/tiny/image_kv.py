@@ -22,7 +22,7 @@ from collections import OrderedDict
 import torch
 import torch.nn.functional as F
 
-from mmfv.models.tiny.modeling import MmfvTinyForCausalLM
+from mmfv.models.tiny.modeling import MmfvTinyForCausalLM, rope_angles
 
 
 @torch.no_grad()
@@ -86,11 +86,9 @@ class KVStore:
 
 
 def _turns(pos: torch.Tensor, d: int, theta: float) -> torch.Tensor:
-    """RoPE as unit complex numbers (..., 1, d/2) for integer positions (...): the angles of
-    modeling.rope_angles, computed alike."""
-    inv = 1.0 / (theta ** (torch.arange(0, d, 2, device=pos.device, dtype=torch.float32) / d))  # (d/2,)
-    ang = pos.to(torch.float32)[..., None, None] * inv
-    return torch.complex(ang.cos(), ang.sin())
+    """RoPE as unit complex numbers (B, T, 1, d/2) for integer positions pos (B, T): modeling.rope_angles' angles."""
+    cos, sin = rope_angles(pos, d, theta, torch.float32)  # (B, 1, T, d/2)
+    return torch.complex(cos, sin).transpose(1, 2)
 
 
 def _rotate(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
@@ -133,7 +131,7 @@ def text_forward(model: MmfvTinyForCausalLM, input_ids: torch.Tensor, attention_
     txt_flat = (idx + (torch.arange(B, device=dev) * T)[:, None])[real]  # (n_text,)
     H, d = m.layers[0].self_attn.num_heads, m.layers[0].self_attn.head_dim
     turns_q = _turns(pos.gather(1, idx), d, cfg.rope_theta)  # (B, Tq, 1, d/2)
-    turns_k = _turns(pos.flatten()[img_flat], d, cfg.rope_theta)  # (n*P, 1, d/2)
+    turns_k = _turns(pos.flatten()[img_flat][None], d, cfg.rope_theta)[0]  # (n*P, 1, d/2)
     x = m.embed_tokens(input_ids.gather(1, idx))  # (B, Tq, D)
     cache = [] if keep_cache else None
     for l, layer in enumerate(m.layers):
